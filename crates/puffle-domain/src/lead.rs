@@ -694,3 +694,34 @@ mod tests {
         assert_eq!(Value::Object(attrs), json!({"b": 2, "c": 3, "d": 4}));
     }
 }
+
+/// A list a lead belongs to, as shown on the lead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// A lead as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lead {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: LeadType,
+    #[serde(flatten)]
+    pub fields: LeadFields,
+    pub attributes: Map<String, Value>,
+    pub lists: Vec<ListRef>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A lead's membership in one list, with its list-scoped attributes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Membership {
+    pub id: String,
+    pub attributes: Map<String, Value>,
+    pub created_at: String,
+}
