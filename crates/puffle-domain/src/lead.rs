@@ -386,6 +386,25 @@ pub fn linkedin_key(url: &str) -> Option<String> {
 }
 
 impl LeadFields {
+    /// Reset one field (by its JSON name) to empty; `false` if no such field can be cleared.
+    pub fn clear(&mut self, field: &str) -> bool {
+        match field {
+            "name" => self.name = Name::default(),
+            "title" => self.title = None,
+            "company" => self.company = Company::default(),
+            "location" => self.location = Location::default(),
+            "socials" => self.socials.clear(),
+            "contacts" => self.contacts.clear(),
+            "domain" => self.domain = None,
+            "industry" => self.industry = None,
+            "size" => self.size = None,
+            "raw" => self.raw = None,
+            "sources" => self.sources.clear(),
+            _ => return false,
+        }
+        true
+    }
+
     /// Fill in `name.full` from first/last, or first/last from `name.full`, when absent.
     pub fn derive_name_parts(&mut self, kind: LeadType) {
         let n = &mut self.name;

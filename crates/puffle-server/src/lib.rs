@@ -1,1 +1,10 @@
-//! server
+//! Puffle's HTTP API: one router per resource, an auth extractor, one error envelope.
+
+mod app;
+mod auth;
+mod error;
+mod extract;
+mod openapi;
+mod routes;
+
+pub use app::{new_api_key, start, Config, Running};

@@ -1,0 +1,202 @@
+//! Operator commands: `serve`, `migrate`, `admin …`. They talk to the database, not the API.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use puffle_domain::account::{parse_account_email, ApiKey, Role};
+use puffle_store::{NewUser, Store, UserWorkspace};
+use serde_json::json;
+
+const DEFAULT_DATABASE_URL: &str = "sqlite://puffle.db";
+
+#[derive(Args)]
+pub struct DatabaseArgs {
+    /// Database to use: sqlite://path (created if missing) or postgres://…
+    #[arg(long, env = "PUFFLE_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "PUFFLE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Largest request body accepted, in bytes (larger: 413 payload_too_large).
+    #[arg(long, env = "PUFFLE_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most rows one CSV import may hold.
+    #[arg(long, env = "PUFFLE_MAX_CSV_ROWS", default_value_t = 100_000)]
+    pub max_csv_rows: usize,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Create a user (and, without --workspace-id, a workspace of their own); prints the new API key.
+    CreateUser {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_parser = ["admin", "member"], default_value = "member")]
+        role: String,
+        /// Put the user in this existing workspace instead of a new one.
+        #[arg(long)]
+        workspace_id: Option<String>,
+        /// Credits granted to a new workspace.
+        #[arg(long, default_value_t = puffle_domain::credits::FREE_PLAN_CREDITS)]
+        credits: i64,
+    },
+    /// Add (or, with a negative amount, remove) credits of a workspace; prints the new balance.
+    GrantCredits {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[arg(long)]
+        workspace_id: String,
+        #[arg(long, allow_negative_numbers = true)]
+        amount: i64,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PUFFLE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Print an operator error on stderr and pick the exit code.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> ExitCode {
+    init_logging();
+    finish(serve_inner(args).await)
+}
+
+async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
+    let bootstrap_api_key = match std::env::var("PUFFLE_BOOTSTRAP_API_KEY") {
+        Ok(s) if !s.is_empty() => Some(ApiKey::parse(&s).context(
+            "PUFFLE_BOOTSTRAP_API_KEY is not a well-formed key (pk_live_ followed by 64 lowercase hex)",
+        )?),
+        _ => None,
+    };
+    let mut config = puffle_server::Config::new(args.bind, args.db.database_url);
+    config.max_body_bytes = args.max_body_bytes;
+    config.max_csv_rows = args.max_csv_rows;
+    config.bootstrap_api_key = bootstrap_api_key;
+    let running = puffle_server::start(config).await?;
+    let base = format!("http://{}", running.addr);
+    let key_for_curl = match &running.bootstrap_key {
+        Some(key) => {
+            eprintln!("Created workspace \"default\" and admin user admin@localhost with 1000 credits.");
+            eprintln!("API key (shown once, keep it): {}", key.expose());
+            key.expose().to_string()
+        }
+        None => "$PUFFLE_API_KEY".to_string(),
+    };
+    eprintln!("Puffle is listening on {base}");
+    eprintln!("Try: curl -s {base}/api/account -H \"Authorization: Bearer {key_for_curl}\"");
+    shutdown_signal().await;
+    eprintln!("Shutting down…");
+    running.shutdown().await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn open(db: &DatabaseArgs) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let store = puffle_store::open(&db.database_url)
+        .await
+        .context("opening the database")?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+pub async fn migrate(args: DatabaseArgs) -> ExitCode {
+    finish(async {
+        open(&args).await?;
+        eprintln!("Migrations applied to {}", args.database_url);
+        Ok(())
+    }
+    .await)
+}
+
+pub async fn admin(cmd: AdminCommand) -> ExitCode {
+    finish(admin_inner(cmd).await)
+}
+
+async fn admin_inner(cmd: AdminCommand) -> anyhow::Result<()> {
+    match cmd {
+        AdminCommand::CreateUser {
+            db,
+            email,
+            role,
+            workspace_id,
+            credits,
+        } => {
+            let Some(email) = parse_account_email(&email) else {
+                bail!("--email {email:?} is not an email address");
+            };
+            let role = Role::parse(&role).context("--role must be admin or member")?;
+            let workspace = match workspace_id {
+                Some(id) => UserWorkspace::Existing(id),
+                None => UserWorkspace::New {
+                    name: email.clone(),
+                    credits,
+                },
+            };
+            let store = open(&db).await?;
+            let key = puffle_server::new_api_key();
+            let user = store
+                .create_user(NewUser { email, role, workspace }, &key)
+                .await?;
+            let out = json!({"user": user, "apiKey": key.expose()});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        AdminCommand::GrantCredits {
+            db,
+            workspace_id,
+            amount,
+        } => {
+            let store = open(&db).await?;
+            let balance = store
+                .grant_credits(&workspace_id, amount, "admin_grant")
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&json!({"balance": balance}))?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Building the router and running the server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use puffle_domain::account::ApiKey;
+use puffle_domain::credits::Prices;
+use puffle_store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free one (see [`Running::addr`]).
+    pub bind: String,
+    pub database_url: String,
+    /// Largest JSON body accepted; larger ones are `413 payload_too_large`.
+    pub max_body_bytes: usize,
+    /// Largest CSV import body accepted.
+    pub max_csv_bytes: usize,
+    /// Most rows one CSV import may hold.
+    pub max_csv_rows: usize,
+    /// The key to bootstrap an empty database with; a random one when `None`.
+    pub bootstrap_api_key: Option<ApiKey>,
+}
+
+impl Config {
+    pub fn new(bind: impl Into<String>, database_url: impl Into<String>) -> Self {
+        Config {
+            bind: bind.into(),
+            database_url: database_url.into(),
+            max_body_bytes: 10 * 1024 * 1024,
+            max_csv_bytes: 256 * 1024 * 1024,
+            max_csv_rows: 100_000,
+            bootstrap_api_key: None,
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub prices: Arc<Prices>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<crate::routes::Metrics>,
+}
+
+/// A server that is listening.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The key of the admin created on an empty database (`None` if it was not empty).
+    pub bootstrap_key: Option<ApiKey>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stop accepting connections, let in-flight requests finish, and return.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("server task panicked")??;
+        Ok(())
+    }
+}
+
+/// Open the database, migrate, bootstrap an empty one, and start serving.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let store = puffle_store::open(&config.database_url)
+        .await
+        .with_context(|| "opening the database")?;
+    store.migrate().await.context("applying migrations")?;
+    let bootstrap_key = bootstrap(store.as_ref(), config.bootstrap_api_key.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(&config.bind)
+        .await
+        .with_context(|| format!("binding {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let state = AppState {
+        store,
+        prices: Arc::new(Prices::default()),
+        config: Arc::new(config),
+        metrics: Arc::default(),
+    };
+    let router = crate::routes::router(state);
+    let (shutdown, mut rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    Ok(Running {
+        addr,
+        bootstrap_key,
+        shutdown,
+        task,
+    })
+}
+
+/// Create the first workspace and admin on an empty database; the key is returned to be shown
+/// once.
+async fn bootstrap(store: &dyn Store, key: Option<ApiKey>) -> anyhow::Result<Option<ApiKey>> {
+    let key = key.unwrap_or_else(new_api_key);
+    let created = store
+        .bootstrap("admin@localhost", &key)
+        .await
+        .context("bootstrapping the empty database")?;
+    Ok(created.map(|_| key))
+}
+
+/// A fresh API key from the operating system's random generator.
+pub fn new_api_key() -> ApiKey {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    ApiKey::from_random(bytes)
+}

@@ -1,0 +1,193 @@
+//! Request extractors that answer bad input with the spec's envelope, naming the field.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A JSON body of type `T`. Malformed JSON, wrong types, unknown enum values and missing
+/// fields are `400 invalid_request` whose message names the field; an oversize body is `413`.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("The request body is larger than this server accepts.".into())
+            } else {
+                ApiError::Invalid(format!("body: could not be read ({e})"))
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid("body", "a JSON body is required"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::invalid("body", format!("is not valid JSON ({inner})"))
+        } else {
+            let field = if path == "." { "body" } else { path.as_str() };
+            ApiError::invalid(field, strip_position(&inner.to_string()))
+        }
+    })?;
+    Ok(value)
+}
+
+/// serde_json appends " at line 1 column 17" to data errors; the field path says more.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Query parameters, read one by one with typed accessors. A parameter given with an empty
+/// value counts as absent.
+pub struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        let mut map = HashMap::new();
+        for (k, v) in form_pairs(query) {
+            if !v.is_empty() {
+                map.insert(k, v);
+            }
+        }
+        Ok(Params(map))
+    }
+}
+
+/// Decode `a=1&b=x%20y` pairs (`+` is a space, as browsers and curl send it).
+fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k), percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], escaped) {
+            (_, Some(v)) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (b'+', None) => out.push(b' '),
+            (b, None) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Params {
+    pub fn str(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+
+    /// A page size: a decimal integer in `min..=max`, or `default` when absent. Values above
+    /// `max` are clamped when `clamp` is set, refused otherwise.
+    pub fn limit(&self, name: &str, default: u32, max: u32, clamp: bool) -> Result<u32, ApiError> {
+        let Some(raw) = self.0.get(name) else {
+            return Ok(default);
+        };
+        let bad = || ApiError::invalid(name, format!("must be an integer from 1 to {max}, got {raw:?}"));
+        if !raw.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        // All digits: only overflow can fail, and an overflowing number is above any max.
+        let n: u64 = raw.parse().unwrap_or(u64::MAX);
+        match n {
+            0 => Err(bad()),
+            n if n > u64::from(max) && clamp => Ok(max),
+            n if n > u64::from(max) => Err(bad()),
+            n => Ok(n as u32),
+        }
+    }
+
+    /// An enum-valued parameter: `parse` must accept it, else `400` listing the choices.
+    pub fn choice<T>(
+        &self,
+        name: &str,
+        choices: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ApiError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(raw) => parse(raw)
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid(name, format!("must be one of {choices}, got {raw:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let pairs: Vec<_> = form_pairs("q=ann+lee&x=%C3%A9t%C3%A9&bad=%zz&e=").collect();
+        assert_eq!(pairs[0], ("q".into(), "ann lee".into()));
+        assert_eq!(pairs[1], ("x".into(), "été".into()));
+        assert_eq!(pairs[2], ("bad".into(), "%zz".into()));
+        assert_eq!(pairs[3], ("e".into(), "".into()));
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        #[derive(serde::Deserialize, Debug)]
+        struct B {
+            #[allow(dead_code)]
+            leads: Vec<Inner>,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        struct Inner {
+            #[allow(dead_code)]
+            count: u32,
+        }
+        let err = parse_json::<B>(br#"{"leads": [{"count": 1}, {"count": "x"}]}"#).unwrap_err();
+        let ApiError::Invalid(m) = err else { panic!() };
+        assert!(m.starts_with("leads[1].count: invalid type"), "{m}");
+        let ApiError::Invalid(m) = parse_json::<B>(b"{").unwrap_err() else { panic!() };
+        assert!(m.starts_with("body: is not valid JSON"), "{m}");
+        let ApiError::Invalid(m) = parse_json::<B>(b"{}").unwrap_err() else { panic!() };
+        assert_eq!(m, "body: missing field `leads`");
+    }
+}
+
+/// For PATCH bodies: absent → `None`, `null` → `Some(None)`, a value → `Some(Some(v))`.
+pub fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<T>::deserialize(d).map(Some)
+}

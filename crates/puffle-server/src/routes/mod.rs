@@ -1,0 +1,54 @@
+//! The router: one module per resource, and the layers every request passes through.
+
+mod account;
+mod credits;
+mod csv;
+mod leads;
+mod lists;
+mod service;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub use service::Metrics;
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .merge(account::router())
+        .merge(leads::router())
+        .merge(lists::router())
+        .merge(credits::router())
+        .merge(service::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            service::record_metrics,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("No such endpoint.".into())
+}
+
+async fn method_not_allowed() -> Response {
+    let body = serde_json::json!({"error": {
+        "code": "method_not_allowed",
+        "message": "This endpoint does not accept this HTTP method."
+    }});
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+/// A panic is a bug: log it, answer the plain 500 envelope, keep serving.
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Internal("a request handler panicked".into()).into_response()
+}
