@@ -21,7 +21,13 @@ pub const OPERATIONS: &[Operation] = &[
     op("builtin", "Built-in enrichment", 0, "lead", "lead"),
     op("custom_http", "Custom HTTP enrichment", 1, "lead", "lead"),
     op("custom_ai", "Custom AI enrichment", 1, "lead", "lead"),
-    op("work_email_lookup", "Work email lookup", 2, "provider_submission", "lookup"),
+    op(
+        "work_email_lookup",
+        "Work email lookup",
+        2,
+        "provider_submission",
+        "lookup",
+    ),
 ];
 
 const fn op(
@@ -153,6 +159,9 @@ mod tests {
         assert_eq!(p.price("nope"), None);
         let p = Prices::new(vec![("custom_http".into(), 3)]);
         assert_eq!(p.price("custom_http"), Some(3));
-        assert_eq!(p.config_document()["operations"]["custom_http"]["credits"], 3);
+        assert_eq!(
+            p.config_document()["operations"]["custom_http"]["credits"],
+            3
+        );
     }
 }

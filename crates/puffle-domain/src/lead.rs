@@ -148,7 +148,9 @@ where
     match Value::deserialize(d)? {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(T::from_plain(s))),
-        v @ Value::Object(_) => serde_json::from_value(v).map(Some).map_err(D::Error::custom),
+        v @ Value::Object(_) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(D::Error::custom),
         other => Err(D::Error::custom(format!(
             "invalid type: {}, expected a string or an object",
             json_kind(&other)
@@ -501,7 +503,8 @@ impl LeadFields {
         fill(&mut self.location.country, location.country);
         fill(&mut self.location.raw, location.raw);
         union(&mut self.socials, socials, |a, b| {
-            a.url == b.url || (linkedin_key(&a.url).is_some() && linkedin_key(&a.url) == linkedin_key(&b.url))
+            a.url == b.url
+                || (linkedin_key(&a.url).is_some() && linkedin_key(&a.url) == linkedin_key(&b.url))
         });
         union(&mut self.contacts, contacts, |a, b| {
             a.value.eq_ignore_ascii_case(&b.value)
@@ -618,11 +621,21 @@ mod tests {
 
     #[test]
     fn domains_are_normalized_or_refused() {
-        assert_eq!(parse_domain("https://www.Acme.com/about?x=1"), Some("acme.com".into()));
+        assert_eq!(
+            parse_domain("https://www.Acme.com/about?x=1"),
+            Some("acme.com".into())
+        );
         assert_eq!(parse_domain("acme.co.uk:8080"), Some("acme.co.uk".into()));
         assert_eq!(parse_domain("ann@acme.com"), Some("acme.com".into()));
         assert_eq!(parse_domain("bücher.de"), Some("bücher.de".into()));
-        for bad in ["", "localhost", "acme..com", "-acme.com", "acme com.io", "acme.com:x"] {
+        for bad in [
+            "",
+            "localhost",
+            "acme..com",
+            "-acme.com",
+            "acme com.io",
+            "acme.com:x",
+        ] {
             assert_eq!(parse_domain(bad), None, "{bad}");
         }
     }
@@ -646,7 +659,8 @@ mod tests {
         let lead = new_lead(json!({"type": "person", "name": "Lovelace, Ada"})).unwrap();
         assert_eq!(lead.fields.name.first.as_deref(), Some("Ada"));
         assert_eq!(lead.fields.name.last.as_deref(), Some("Lovelace"));
-        let lead = new_lead(json!({"type": "person", "name": {"first": "Ada", "last": "L"}})).unwrap();
+        let lead =
+            new_lead(json!({"type": "person", "name": {"first": "Ada", "last": "L"}})).unwrap();
         assert_eq!(lead.fields.name.full.as_deref(), Some("Ada L"));
         let lead = new_lead(json!({"type": "company", "name": "Acme Inc"})).unwrap();
         assert_eq!(lead.fields.name.first, None);
@@ -655,8 +669,9 @@ mod tests {
     #[test]
     fn type_is_required_and_fields_are_checked() {
         assert_eq!(new_lead(json!({"name": "x"})).unwrap_err().field, "type");
-        let e = new_lead(json!({"type": "person", "contacts": [{"type": "email", "value": "nope"}]}))
-            .unwrap_err();
+        let e =
+            new_lead(json!({"type": "person", "contacts": [{"type": "email", "value": "nope"}]}))
+                .unwrap_err();
         assert_eq!(e.field, "contacts[0].value");
         let e = new_lead(json!({"type": "company", "company": {"domain": "x"}})).unwrap_err();
         assert_eq!(e.field, "company.domain");
@@ -707,9 +722,15 @@ mod tests {
     #[test]
     fn attribute_merge_removes_null_keys() {
         let mut attrs = json!({"a": 1, "b": 2}).as_object().unwrap().clone();
-        merge_attributes(&mut attrs, json!({"a": null, "c": 3}).as_object().unwrap().clone());
+        merge_attributes(
+            &mut attrs,
+            json!({"a": null, "c": 3}).as_object().unwrap().clone(),
+        );
         assert_eq!(Value::Object(attrs.clone()), json!({"b": 2, "c": 3}));
-        fill_attributes(&mut attrs, json!({"b": 9, "d": 4}).as_object().unwrap().clone());
+        fill_attributes(
+            &mut attrs,
+            json!({"b": 9, "d": 4}).as_object().unwrap().clone(),
+        );
         assert_eq!(Value::Object(attrs), json!({"b": 2, "c": 3, "d": 4}));
     }
 }

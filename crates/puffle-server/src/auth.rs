@@ -25,7 +25,6 @@ impl Auth {
     pub fn workspace(&self) -> &str {
         &self.user.workspace_id
     }
-
 }
 
 /// An authenticated request by an admin key; anyone else gets `403` before the body is read.
@@ -51,15 +50,23 @@ impl FromRequestParts<AppState> for Auth {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("Missing Authorization header: send `Authorization: Bearer pk_live_…`."))?;
+            .ok_or_else(|| {
+                unauthorized(
+                    "Missing Authorization header: send `Authorization: Bearer pk_live_…`.",
+                )
+            })?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .ok_or_else(|| unauthorized("The Authorization header must be `Bearer <API key>`."))?;
-        let key = ApiKey::parse(token)
-            .ok_or_else(|| unauthorized("The API key is malformed (expected pk_live_ and 64 hex characters)."))?;
+        let key = ApiKey::parse(token).ok_or_else(|| {
+            unauthorized("The API key is malformed (expected pk_live_ and 64 hex characters).")
+        })?;
         let caller = state
             .store
             .authenticate(&key)

@@ -16,7 +16,10 @@ pub enum ApiError {
     /// 400; the message names the offending field.
     Invalid(String),
     /// 409, with an optional `reason` discriminator.
-    Conflict { message: String, reason: Option<&'static str> },
+    Conflict {
+        message: String,
+        reason: Option<&'static str>,
+    },
     PayloadTooLarge(String),
     /// 500. The cause is logged, never sent.
     Internal(String),

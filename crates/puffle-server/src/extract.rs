@@ -20,7 +20,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge("The request body is larger than this server accepts.".into())
+                ApiError::PayloadTooLarge(
+                    "The request body is larger than this server accepts.".into(),
+                )
             } else {
                 ApiError::Invalid(format!("body: could not be read ({e})"))
             }
@@ -117,7 +119,12 @@ impl Params {
         let Some(raw) = self.0.get(name) else {
             return Ok(default);
         };
-        let bad = || ApiError::invalid(name, format!("must be an integer from 1 to {max}, got {raw:?}"));
+        let bad = || {
+            ApiError::invalid(
+                name,
+                format!("must be an integer from 1 to {max}, got {raw:?}"),
+            )
+        };
         if !raw.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
@@ -140,11 +147,21 @@ impl Params {
     ) -> Result<Option<T>, ApiError> {
         match self.0.get(name) {
             None => Ok(None),
-            Some(raw) => parse(raw)
-                .map(Some)
-                .ok_or_else(|| ApiError::invalid(name, format!("must be one of {choices}, got {raw:?}"))),
+            Some(raw) => parse(raw).map(Some).ok_or_else(|| {
+                ApiError::invalid(name, format!("must be one of {choices}, got {raw:?}"))
+            }),
         }
     }
+}
+
+/// For PATCH bodies: absent → `None`, `null` → `Some(None)`, a value → `Some(Some(v))`.
+pub fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[cfg(test)]
@@ -175,19 +192,13 @@ mod tests {
         let err = parse_json::<B>(br#"{"leads": [{"count": 1}, {"count": "x"}]}"#).unwrap_err();
         let ApiError::Invalid(m) = err else { panic!() };
         assert!(m.starts_with("leads[1].count: invalid type"), "{m}");
-        let ApiError::Invalid(m) = parse_json::<B>(b"{").unwrap_err() else { panic!() };
+        let ApiError::Invalid(m) = parse_json::<B>(b"{").unwrap_err() else {
+            panic!()
+        };
         assert!(m.starts_with("body: is not valid JSON"), "{m}");
-        let ApiError::Invalid(m) = parse_json::<B>(b"{}").unwrap_err() else { panic!() };
+        let ApiError::Invalid(m) = parse_json::<B>(b"{}").unwrap_err() else {
+            panic!()
+        };
         assert_eq!(m, "body: missing field `leads`");
     }
-}
-
-/// For PATCH bodies: absent → `None`, `null` → `Some(None)`, a value → `Some(Some(v))`.
-pub fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de>,
-{
-    use serde::Deserialize;
-    Option::<T>::deserialize(d).map(Some)
 }

@@ -148,8 +148,9 @@ pub struct Imported {
 
 /// A change to a lead, applied to its current fields and attributes inside the store's
 /// transaction (so concurrent edits never lose each other's fields).
-pub type LeadEdit =
-    Box<dyn FnOnce(LeadType, &mut LeadFields, &mut Map<String, Value>) -> Result<(), Invalid> + Send>;
+pub type LeadEdit = Box<
+    dyn FnOnce(LeadType, &mut LeadFields, &mut Map<String, Value>) -> Result<(), Invalid> + Send,
+>;
 
 /// Everything Puffle persists. Every method that takes a `workspace` only ever sees that
 /// workspace's objects: anything else is `NotFound`.
@@ -213,7 +214,12 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> Result<MemberPage>;
-    async fn add_members(&self, workspace: &str, list_id: &str, lead_ids: &[String]) -> Result<List>;
+    async fn add_members(
+        &self,
+        workspace: &str,
+        list_id: &str,
+        lead_ids: &[String],
+    ) -> Result<List>;
     async fn remove_members(
         &self,
         workspace: &str,

@@ -102,8 +102,7 @@ const LIST_SELECT: &str = "SELECT l.id, l.name, l.description, l.lead_type, l.cr
         AS company_count \
      FROM lists l";
 
-const LEAD_SELECT: &str =
-    "SELECT id, type, fields, attributes, created_at, updated_at FROM leads";
+const LEAD_SELECT: &str = "SELECT id, type, fields, attributes, created_at, updated_at FROM leads";
 
 /// A lead row before its lists are attached.
 fn lead_from(row: &SqliteRow) -> Result<Lead> {
@@ -228,12 +227,13 @@ async fn add_credits(
     amount: i64,
     reason: &str,
 ) -> Result<i64> {
-    let balance: Option<i64> =
-        sqlx::query_scalar("UPDATE workspaces SET balance = balance + ? WHERE id = ? RETURNING balance")
-            .bind(amount)
-            .bind(workspace)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let balance: Option<i64> = sqlx::query_scalar(
+        "UPDATE workspaces SET balance = balance + ? WHERE id = ? RETURNING balance",
+    )
+    .bind(amount)
+    .bind(workspace)
+    .fetch_optional(&mut *conn)
+    .await?;
     let balance = balance.ok_or(StoreError::NotFound("workspace"))?;
     if balance < 0 {
         return Err(Invalid::new(
@@ -278,14 +278,16 @@ async fn insert_user(
         workspace_id: workspace.to_string(),
         created_at: now_timestamp(),
     };
-    sqlx::query("INSERT INTO users (id, workspace_id, email, role, created_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(&user.id)
-        .bind(&user.workspace_id)
-        .bind(&user.email)
-        .bind(user.role.as_str())
-        .bind(&user.created_at)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO users (id, workspace_id, email, role, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&user.id)
+    .bind(&user.workspace_id)
+    .bind(&user.email)
+    .bind(user.role.as_str())
+    .bind(&user.created_at)
+    .execute(&mut *conn)
+    .await?;
     Ok(user)
 }
 
@@ -379,9 +381,8 @@ async fn upsert_lead(
     let existing = if keys.is_empty() {
         None
     } else {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT lead_id FROM lead_keys WHERE workspace_id = ",
-        );
+        let mut q =
+            QueryBuilder::<Sqlite>::new("SELECT lead_id FROM lead_keys WHERE workspace_id = ");
         q.push_bind(workspace).push(" AND key IN (");
         let mut sep = q.separated(", ");
         for k in &keys {
@@ -423,9 +424,9 @@ async fn upsert_lead(
         }
     };
     for (i, list_id) in list_ids.iter().enumerate() {
-        let list = load_list(conn, workspace, list_id)
-            .await
-            .map_err(|e| not_found_as_invalid(e, &format!("listIds[{i}]"), "no list with this id"))?;
+        let list = load_list(conn, workspace, list_id).await.map_err(|e| {
+            not_found_as_invalid(e, &format!("listIds[{i}]"), "no list with this id")
+        })?;
         if !list.lead_type.admits(kind) {
             return Err(Invalid::new(
                 format!("listIds[{i}]"),
@@ -737,7 +738,8 @@ impl Store for SqliteStore {
 
     async fn leads(&self, workspace: &str, query: &LeadQuery) -> Result<LeadPage> {
         let mut q = QueryBuilder::<Sqlite>::new(LEAD_SELECT);
-        q.push(" WHERE workspace_id = ").push_bind(workspace.to_string());
+        q.push(" WHERE workspace_id = ")
+            .push_bind(workspace.to_string());
         if let Some(id) = &query.id {
             q.push(" AND id = ").push_bind(id.clone());
         }
@@ -768,7 +770,12 @@ impl Store for SqliteStore {
             q.push(" AND (");
             let mut sep = q.separated(" OR ");
             for column in [
-                "s_name", "s_title", "s_company", "s_domain", "s_industry", "s_location",
+                "s_name",
+                "s_title",
+                "s_company",
+                "s_domain",
+                "s_industry",
+                "s_location",
                 "s_emails",
             ] {
                 sep.push(format!("instr({column}, "))
@@ -777,7 +784,8 @@ impl Store for SqliteStore {
             }
             q.push(")");
         }
-        q.push(" ORDER BY id LIMIT ").push_bind(page_limit(query.limit));
+        q.push(" ORDER BY id LIMIT ")
+            .push_bind(page_limit(query.limit));
         let mut conn = self.read.acquire().await?;
         let rows = q.build().fetch_all(&mut *conn).await?;
         let mut leads = rows.iter().map(lead_from).collect::<Result<Vec<_>>>()?;
@@ -837,7 +845,8 @@ impl Store for SqliteStore {
 
     async fn lists(&self, workspace: &str, id: Option<&str>) -> Result<Vec<List>> {
         let mut q = QueryBuilder::<Sqlite>::new(LIST_SELECT);
-        q.push(" WHERE l.workspace_id = ").push_bind(workspace.to_string());
+        q.push(" WHERE l.workspace_id = ")
+            .push_bind(workspace.to_string());
         if let Some(id) = id {
             q.push(" AND l.id = ").push_bind(id.to_string());
         }
@@ -933,9 +942,8 @@ impl Store for SqliteStore {
     ) -> Result<MemberPage> {
         let mut conn = self.read.acquire().await?;
         load_list(&mut conn, workspace, list_id).await?;
-        let mut total = QueryBuilder::<Sqlite>::new(
-            "SELECT count(*) FROM memberships WHERE list_id = ",
-        );
+        let mut total =
+            QueryBuilder::<Sqlite>::new("SELECT count(*) FROM memberships WHERE list_id = ");
         total.push_bind(list_id.to_string());
         if let Some(kind) = kind {
             total.push(" AND lead_type = ").push_bind(kind.as_str());
@@ -954,7 +962,8 @@ impl Store for SqliteStore {
         if let Some(after) = after {
             q.push(" AND m.lead_id > ").push_bind(after.to_string());
         }
-        q.push(" ORDER BY m.lead_id LIMIT ").push_bind(page_limit(limit));
+        q.push(" ORDER BY m.lead_id LIMIT ")
+            .push_bind(page_limit(limit));
         let rows = q.build().fetch_all(&mut *conn).await?;
         let mut leads = Vec::with_capacity(rows.len());
         let mut memberships = Vec::with_capacity(rows.len());
@@ -982,7 +991,12 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn add_members(&self, workspace: &str, list_id: &str, lead_ids: &[String]) -> Result<List> {
+    async fn add_members(
+        &self,
+        workspace: &str,
+        list_id: &str,
+        lead_ids: &[String],
+    ) -> Result<List> {
         let mut tx = self.write.begin().await?;
         let list = load_list(&mut tx, workspace, list_id).await?;
         add_members_in(&mut tx, workspace, list_id, list.lead_type, lead_ids).await?;

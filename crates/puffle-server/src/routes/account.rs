@@ -78,8 +78,9 @@ async fn create_user(
     Admin(auth): Admin,
     ApiJson(body): ApiJson<CreateUser>,
 ) -> ApiResult<Json<Value>> {
-    let email = parse_account_email(&body.email)
-        .ok_or_else(|| ApiError::invalid("email", format!("{:?} is not an email address", body.email)))?;
+    let email = parse_account_email(&body.email).ok_or_else(|| {
+        ApiError::invalid("email", format!("{:?} is not an email address", body.email))
+    })?;
     let workspace = match body.workspace_id {
         Some(id) if id == auth.workspace() => UserWorkspace::Existing(id),
         Some(_) => return Err(ApiError::not_found("workspace")),

@@ -36,7 +36,13 @@ async fn preview(
     ApiJson(body): ApiJson<Preview>,
 ) -> ApiResult<Json<Value>> {
     let cost = state.prices.price(&body.action).ok_or_else(|| {
-        ApiError::invalid("action", format!("{:?} is not a known credit action (see GET /api/credits/config)", body.action))
+        ApiError::invalid(
+            "action",
+            format!(
+                "{:?} is not a known credit action (see GET /api/credits/config)",
+                body.action
+            ),
+        )
     })?;
     if body.count < 0 {
         return Err(ApiError::invalid("count", "must not be negative"));

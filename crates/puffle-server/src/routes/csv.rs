@@ -24,8 +24,18 @@ use crate::error::{ApiError, ApiResult};
 
 /// The columns that map onto lead fields, in export order (after `id`). Others are attributes.
 const BASE_COLUMNS: [&str; 12] = [
-    "type", "name", "first_name", "last_name", "title", "company", "domain", "email",
-    "linkedin_url", "phone", "location", "industry",
+    "type",
+    "name",
+    "first_name",
+    "last_name",
+    "title",
+    "company",
+    "domain",
+    "email",
+    "linkedin_url",
+    "phone",
+    "location",
+    "industry",
 ];
 const EXPORT_PAGE: u32 = 500;
 
@@ -49,12 +59,20 @@ pub async fn import_csv(
     let max_rows = state.config.max_csv_rows;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let parser = tokio::task::spawn_blocking(move || {
-        parse_rows(ChannelReader { rx, chunk: Bytes::new() }, default_type, max_rows)
+        parse_rows(
+            ChannelReader {
+                rx,
+                chunk: Bytes::new(),
+            },
+            default_type,
+            max_rows,
+        )
     });
     let mut chunks = body.into_data_stream();
     let mut received = 0usize;
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|e| ApiError::invalid("body", format!("could not be read ({e})")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::invalid("body", format!("could not be read ({e})")))?;
         received += chunk.len();
         if received > state.config.max_csv_bytes {
             return Err(ApiError::PayloadTooLarge(format!(
@@ -300,7 +318,10 @@ pub async fn export_csv(
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"leads.csv\""),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"leads.csv\"",
+            ),
         ],
         Body::from_stream(body),
     )

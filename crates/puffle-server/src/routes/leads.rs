@@ -57,7 +57,9 @@ async fn query_leads(
         limit: params.limit("limit", 50, 500, false)?,
     };
     let page = state.store.leads(auth.workspace(), &query).await?;
-    Ok(Json(json!({"leads": page.leads, "nextCursor": page.next_cursor})))
+    Ok(Json(
+        json!({"leads": page.leads, "nextCursor": page.next_cursor}),
+    ))
 }
 
 async fn create_lead(
@@ -115,23 +117,25 @@ async fn update_lead(
         let field = e.path().to_string();
         ApiError::invalid(&field, e.into_inner())
     })?;
-    let edit = Box::new(move |kind: LeadType, fields: &mut _, attrs: &mut Map<String, Value>| {
-        if new_type.is_some_and(|t| t != kind) {
-            return Err(Invalid::new("type", "cannot change once a lead exists"));
-        }
-        for field in &cleared {
-            puffle_domain::lead::LeadFields::clear(fields, field);
-        }
-        let renamed = input.name.is_some();
-        input.apply_to(fields, new_id)?;
-        if renamed {
-            fields.derive_name_parts(kind);
-        }
-        if let Some(patch) = attributes {
-            merge_attributes(attrs, patch);
-        }
-        Ok(())
-    });
+    let edit = Box::new(
+        move |kind: LeadType, fields: &mut _, attrs: &mut Map<String, Value>| {
+            if new_type.is_some_and(|t| t != kind) {
+                return Err(Invalid::new("type", "cannot change once a lead exists"));
+            }
+            for field in &cleared {
+                puffle_domain::lead::LeadFields::clear(fields, field);
+            }
+            let renamed = input.name.is_some();
+            input.apply_to(fields, new_id)?;
+            if renamed {
+                fields.derive_name_parts(kind);
+            }
+            if let Some(patch) = attributes {
+                merge_attributes(attrs, patch);
+            }
+            Ok(())
+        },
+    );
     let lead = state.store.update_lead(auth.workspace(), &id, edit).await?;
     Ok(Json(json!({"lead": lead})))
 }

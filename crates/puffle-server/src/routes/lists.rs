@@ -59,7 +59,10 @@ fn list_name(name: &str) -> ApiResult<String> {
         return Err(ApiError::invalid("name", "must not be empty"));
     }
     if name == ALL_LIST_NAME {
-        return Err(ApiError::invalid("name", "\"all\" is reserved for the list of every lead"));
+        return Err(ApiError::invalid(
+            "name",
+            "\"all\" is reserved for the list of every lead",
+        ));
     }
     Ok(name.to_string())
 }
@@ -75,7 +78,10 @@ fn lead_ids(ids: Vec<String>, required: bool) -> ApiResult<Vec<String>> {
         ));
     }
     let mut seen = std::collections::HashSet::new();
-    Ok(ids.into_iter().filter(|id| seen.insert(id.clone())).collect())
+    Ok(ids
+        .into_iter()
+        .filter(|id| seen.insert(id.clone()))
+        .collect())
 }
 
 #[derive(Deserialize)]
@@ -223,7 +229,10 @@ async fn import(
     if body.leads.is_empty() || body.leads.len() > MAX_IMPORT_LEADS {
         return Err(ApiError::invalid(
             "leads",
-            format!("must hold 1 to {MAX_IMPORT_LEADS} leads, got {}", body.leads.len()),
+            format!(
+                "must hold 1 to {MAX_IMPORT_LEADS} leads, got {}",
+                body.leads.len()
+            ),
         ));
     }
     let leads = body

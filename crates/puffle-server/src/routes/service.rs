@@ -43,10 +43,13 @@ async fn openapi() -> Response {
         .into_response()
 }
 
+/// (method, route template, status) → (requests, total seconds).
+type RequestSeries = BTreeMap<(String, String, u16), (u64, f64)>;
+
 /// Request counts and total latency by method, route template and status.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), (u64, f64)>>,
+    requests: Mutex<RequestSeries>,
 }
 
 impl Metrics {
