@@ -1,1 +1,13 @@
+//! End-to-end tests: a real server on port 0 with a fresh database per test, real HTTP.
+//! One test binary for the whole suite (see DEVELOPERS.md: keep builds lean).
 
+mod support;
+
+mod accounts;
+mod cli;
+mod credits;
+mod errors;
+mod import;
+mod leads;
+mod lists;
+mod service;

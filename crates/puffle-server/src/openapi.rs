@@ -9,6 +9,14 @@ mod tests {
     fn document_is_openapi_3_1_json() {
         let doc: serde_json::Value = serde_json::from_str(super::DOCUMENT).expect("valid JSON");
         assert_eq!(doc["openapi"], "3.1.0");
-        assert!(doc["paths"].as_object().is_some_and(|p| p.len() >= 18));
+        let paths = doc["paths"].as_object().expect("paths");
+        for (path, item) in paths {
+            let ops = item.as_object().expect("path item");
+            assert!(
+                ops.values().any(|op| op["responses"]["200"].is_object()),
+                "{path} documents no successful answer"
+            );
+        }
+        assert!(paths.contains_key("/api/leads") && paths.contains_key("/api/lists/{id}/leads"));
     }
 }
