@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "puffle", version, about = "Self-hostable lead enrichment: server, operator tools and API client")]
+#[command(
+    name = "puffle",
+    version,
+    about = "Self-hostable lead enrichment: server, operator tools and API client"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

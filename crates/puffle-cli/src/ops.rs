@@ -99,16 +99,15 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     config.bootstrap_api_key = bootstrap_api_key;
     let running = puffle_server::start(config).await?;
     let base = format!("http://{}", running.addr);
-    let key_for_curl = match &running.bootstrap_key {
-        Some(key) => {
-            eprintln!("Created workspace \"default\" and admin user admin@localhost with 1000 credits.");
-            eprintln!("API key (shown once, keep it): {}", key.expose());
-            key.expose().to_string()
-        }
-        None => "$PUFFLE_API_KEY".to_string(),
-    };
+    if let Some(key) = &running.bootstrap_key {
+        eprintln!(
+            "Created workspace \"default\" and admin user admin@localhost with 1000 credits."
+        );
+        eprintln!("Its API key is shown this once; keep it:");
+        eprintln!("  export PUFFLE_API_KEY={}", key.expose());
+    }
     eprintln!("Puffle is listening on {base}");
-    eprintln!("Try: curl -s {base}/api/account -H \"Authorization: Bearer {key_for_curl}\"");
+    eprintln!("Try: curl -s {base}/api/account -H \"Authorization: Bearer $PUFFLE_API_KEY\"");
     shutdown_signal().await;
     eprintln!("Shutting down…");
     running.shutdown().await
@@ -145,12 +144,14 @@ async fn open(db: &DatabaseArgs) -> anyhow::Result<std::sync::Arc<dyn Store>> {
 }
 
 pub async fn migrate(args: DatabaseArgs) -> ExitCode {
-    finish(async {
-        open(&args).await?;
-        eprintln!("Migrations applied to {}", args.database_url);
-        Ok(())
-    }
-    .await)
+    finish(
+        async {
+            open(&args).await?;
+            eprintln!("Migrations applied to {}", args.database_url);
+            Ok(())
+        }
+        .await,
+    )
 }
 
 pub async fn admin(cmd: AdminCommand) -> ExitCode {
@@ -180,7 +181,14 @@ async fn admin_inner(cmd: AdminCommand) -> anyhow::Result<()> {
             let store = open(&db).await?;
             let key = puffle_server::new_api_key();
             let user = store
-                .create_user(NewUser { email, role, workspace }, &key)
+                .create_user(
+                    NewUser {
+                        email,
+                        role,
+                        workspace,
+                    },
+                    &key,
+                )
                 .await?;
             let out = json!({"user": user, "apiKey": key.expose()});
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -195,7 +203,10 @@ async fn admin_inner(cmd: AdminCommand) -> anyhow::Result<()> {
             let balance = store
                 .grant_credits(&workspace_id, amount, "admin_grant")
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&json!({"balance": balance}))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"balance": balance}))?
+            );
             Ok(())
         }
     }

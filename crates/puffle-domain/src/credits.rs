@@ -122,9 +122,12 @@ impl Prices {
                 )
             })
             .collect();
-        let costs: serde_json::Map<String, Value> = LEGACY_COSTS
+        // Every action a client may price: ours, then the hosted service's legacy names.
+        let costs: serde_json::Map<String, Value> = OPERATIONS
             .iter()
-            .map(|(name, c)| (name.to_string(), json!(self.price(name).unwrap_or(*c))))
+            .map(|o| (o.id, o.credits))
+            .chain(LEGACY_COSTS.iter().copied())
+            .map(|(name, c)| (name.to_string(), json!(self.price(name).unwrap_or(c))))
             .collect();
         let legacy: serde_json::Map<String, Value> = LEGACY_ACTIONS
             .iter()
