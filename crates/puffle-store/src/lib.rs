@@ -214,6 +214,8 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> Result<MemberPage>;
+    /// Every attribute key any member of the list has, sorted.
+    async fn list_attribute_keys(&self, workspace: &str, list_id: &str) -> Result<Vec<String>>;
     async fn add_members(
         &self,
         workspace: &str,

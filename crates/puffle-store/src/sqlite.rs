@@ -171,6 +171,17 @@ async fn load_list(conn: &mut SqliteConnection, workspace: &str, id: &str) -> Re
     list_from(&row)
 }
 
+/// `NotFound` unless the list exists in the workspace (cheaper than loading it with its counts).
+async fn ensure_list(conn: &mut SqliteConnection, workspace: &str, id: &str) -> Result<()> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM lists WHERE workspace_id = ? AND id = ?")
+            .bind(workspace)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    found.map(|_| ()).ok_or(StoreError::NotFound("list"))
+}
+
 async fn is_all_list(conn: &mut SqliteConnection, list_id: &str) -> Result<bool> {
     let is_all: i64 = sqlx::query_scalar("SELECT is_all FROM lists WHERE id = ?")
         .bind(list_id)
@@ -343,6 +354,40 @@ async fn save_lead(
     Ok(now)
 }
 
+async fn insert_lead(
+    conn: &mut SqliteConnection,
+    workspace: &str,
+    id: &str,
+    kind: LeadType,
+    fields: &LeadFields,
+    attributes: &Map<String, Value>,
+) -> Result<()> {
+    let s: SearchText = fields.search_text();
+    let now = now_timestamp();
+    sqlx::query(
+        "INSERT INTO leads (id, workspace_id, type, fields, attributes, s_name, s_title, \
+         s_company, s_domain, s_industry, s_location, s_emails, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(workspace)
+    .bind(kind.as_str())
+    .bind(serde_json::to_string(fields)?)
+    .bind(serde_json::to_string(attributes)?)
+    .bind(s.name)
+    .bind(s.title)
+    .bind(s.company)
+    .bind(s.domain)
+    .bind(s.industry)
+    .bind(s.location)
+    .bind(s.emails)
+    .bind(&now)
+    .bind(&now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Claim `keys` for `lead_id`; keys another lead already holds stay with it.
 async fn claim_keys(
     conn: &mut SqliteConnection,
@@ -405,19 +450,7 @@ async fn upsert_lead(
         }
         None => {
             let id = new_id();
-            let now = now_timestamp();
-            sqlx::query(
-                "INSERT INTO leads (id, workspace_id, type, fields, created_at, updated_at) \
-                 VALUES (?, ?, ?, '{}', ?, ?)",
-            )
-            .bind(&id)
-            .bind(workspace)
-            .bind(kind.as_str())
-            .bind(&now)
-            .bind(&now)
-            .execute(&mut *conn)
-            .await?;
-            save_lead(conn, &id, &fields, &attributes).await?;
+            insert_lead(conn, workspace, &id, kind, &fields, &attributes).await?;
             claim_keys(conn, workspace, &id, &keys).await?;
             insert_membership(conn, all_list, &id, kind).await?;
             (id, true)
@@ -941,7 +974,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<MemberPage> {
         let mut conn = self.read.acquire().await?;
-        load_list(&mut conn, workspace, list_id).await?;
+        ensure_list(&mut conn, workspace, list_id).await?;
         let mut total =
             QueryBuilder::<Sqlite>::new("SELECT count(*) FROM memberships WHERE list_id = ");
         total.push_bind(list_id.to_string());
@@ -989,6 +1022,19 @@ impl Store for SqliteStore {
             total,
             next_cursor,
         })
+    }
+
+    async fn list_attribute_keys(&self, workspace: &str, list_id: &str) -> Result<Vec<String>> {
+        let mut conn = self.read.acquire().await?;
+        ensure_list(&mut conn, workspace, list_id).await?;
+        let keys = sqlx::query_scalar(
+            "SELECT DISTINCT j.key FROM memberships m JOIN leads l ON l.id = m.lead_id, \
+             json_each(l.attributes) j WHERE m.list_id = ? ORDER BY j.key",
+        )
+        .bind(list_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(keys)
     }
 
     async fn add_members(

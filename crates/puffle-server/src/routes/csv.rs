@@ -2,7 +2,6 @@
 //! rows as the body arrives (then writes them in one transaction, so it stays all or nothing);
 //! the export writes a page of members at a time.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -252,23 +251,8 @@ pub async fn export_csv(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let workspace = auth.workspace().to_string();
-    // First pass: the attribute columns (only keys are held in memory).
-    let mut keys = BTreeSet::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = state
-            .store
-            .list_members(&workspace, &id, None, after.as_deref(), EXPORT_PAGE)
-            .await?;
-        for (lead, _) in &page.members {
-            keys.extend(lead.attributes.keys().cloned());
-        }
-        match page.next_cursor {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
-    let keys: Arc<Vec<String>> = Arc::new(keys.into_iter().collect());
+    let keys = state.store.list_attribute_keys(&workspace, &id).await?;
+    let keys = Arc::new(keys);
     let mut header = vec!["id".to_string()];
     header.extend(BASE_COLUMNS.iter().map(|c| c.to_string()));
     header.extend(keys.iter().cloned());

@@ -91,3 +91,5 @@ CREATE TABLE memberships (
     UNIQUE (list_id, lead_id)
 );
 CREATE INDEX memberships_lead ON memberships(lead_id);
+-- Covers the per-type member counts of every list answer.
+CREATE INDEX memberships_list_type ON memberships(list_id, lead_type);
