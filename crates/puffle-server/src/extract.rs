@@ -35,18 +35,20 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid("body", "a JSON body is required"));
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+    // Two steps: syntax first (whole body, trailing garbage included), then shape, so that a
+    // wrong type is always reported at its field rather than as a syntax error.
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid("body", format!("is not valid JSON ({e})")))?;
+    from_value(value)
+}
+
+/// Deserialize a JSON value, naming the field that does not fit.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::invalid("body", format!("is not valid JSON ({inner})"))
-        } else {
-            let field = if path == "." { "body" } else { path.as_str() };
-            ApiError::invalid(field, strip_position(&inner.to_string()))
-        }
-    })?;
-    Ok(value)
+        let field = if path == "." { "body" } else { path.as_str() };
+        ApiError::invalid(field, strip_position(&e.into_inner().to_string()))
+    })
 }
 
 /// serde_json appends " at line 1 column 17" to data errors; the field path says more.

@@ -238,21 +238,26 @@ async fn add_credits(
     amount: i64,
     reason: &str,
 ) -> Result<i64> {
-    let balance: Option<i64> = sqlx::query_scalar(
-        "UPDATE workspaces SET balance = balance + ? WHERE id = ? RETURNING balance",
-    )
-    .bind(amount)
-    .bind(workspace)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let balance = balance.ok_or(StoreError::NotFound("workspace"))?;
+    let current: Option<i64> = sqlx::query_scalar("SELECT balance FROM workspaces WHERE id = ?")
+        .bind(workspace)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let current = current.ok_or(StoreError::NotFound("workspace"))?;
+    let balance = current
+        .checked_add(amount)
+        .ok_or_else(|| Invalid::new("amount", "would overflow the balance"))?;
     if balance < 0 {
         return Err(Invalid::new(
             "amount",
-            format!("would leave a negative balance ({})", balance),
+            format!("would leave a negative balance ({balance})"),
         )
         .into());
     }
+    sqlx::query("UPDATE workspaces SET balance = ? WHERE id = ?")
+        .bind(balance)
+        .bind(workspace)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "INSERT INTO credit_ledger (id, workspace_id, amount, reason, run_id, created_at) \
          VALUES (?, ?, ?, ?, NULL, ?)",

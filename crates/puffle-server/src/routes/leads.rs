@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::app::AppState;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, Params};
+use crate::extract::{from_value, ApiJson, Params};
 
 pub fn router() -> Router<AppState> {
     Router::new().route(
@@ -113,10 +113,7 @@ async fn update_lead(
         .map(|(k, _)| k.clone())
         .collect();
     body.retain(|_, v| !v.is_null());
-    let input: LeadInput = serde_path_to_error::deserialize(Value::Object(body)).map_err(|e| {
-        let field = e.path().to_string();
-        ApiError::invalid(&field, e.into_inner())
-    })?;
+    let input: LeadInput = from_value(Value::Object(body))?;
     let edit = Box::new(
         move |kind: LeadType, fields: &mut _, attrs: &mut Map<String, Value>| {
             if new_type.is_some_and(|t| t != kind) {
