@@ -7,6 +7,7 @@ pub mod account;
 pub mod credits;
 pub mod lead;
 pub mod list;
+pub mod run;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

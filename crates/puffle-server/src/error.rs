@@ -15,6 +15,10 @@ pub enum ApiError {
     NotFound(String),
     /// 400; the message names the offending field.
     Invalid(String),
+    InsufficientCredits {
+        required: i64,
+        balance: i64,
+    },
     /// 409, with an optional `reason` discriminator.
     Conflict {
         message: String,
@@ -42,6 +46,9 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::InsufficientCredits { .. } => {
+                (StatusCode::PAYMENT_REQUIRED, "insufficient_credits")
+            }
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -58,6 +65,13 @@ impl From<StoreError> for ApiError {
                 message,
                 reason: None,
             },
+            StoreError::StateConflict { reason, message } => ApiError::Conflict {
+                message,
+                reason: Some(reason),
+            },
+            StoreError::InsufficientCredits { required, balance } => {
+                ApiError::InsufficientCredits { required, balance }
+            }
             StoreError::Internal(cause) => ApiError::Internal(cause),
         }
     }
@@ -77,6 +91,11 @@ impl IntoResponse for ApiError {
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 "Something went wrong on our side; the error has been logged.".to_string()
+            }
+            ApiError::InsufficientCredits { required, balance } => {
+                extra.insert("required".into(), json!(required));
+                extra.insert("balance".into(), json!(balance));
+                format!("This needs {required} credits; the workspace has {balance}.")
             }
             ApiError::Conflict { message, reason } => {
                 if let Some(reason) = reason {

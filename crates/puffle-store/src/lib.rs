@@ -3,6 +3,7 @@
 //! no backend-specific assumption, leaves this crate.
 
 mod keys;
+mod runs;
 mod sqlite;
 
 use std::sync::Arc;
@@ -15,6 +16,10 @@ use puffle_domain::{Invalid, LeadType};
 use serde_json::{Map, Value};
 
 pub use keys::hash_key;
+pub use runs::{
+    AttributeWrite, ClaimedItem, Finish, FinishOutcome, Item, ItemQuery, ItemTarget, NewRun, Run,
+    RunStore,
+};
 
 /// What a store operation can fail with. Every variant but `Internal` is the caller's doing.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +31,15 @@ pub enum StoreError {
     Invalid(#[from] Invalid),
     #[error("{0}")]
     Conflict(String),
+    /// A state change that lost to another (or is not allowed in this state); `reason` is the
+    /// machine-readable discriminator clients branch on.
+    #[error("{message}")]
+    StateConflict {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("insufficient credits: {required} required, {balance} available")]
+    InsufficientCredits { required: i64, balance: i64 },
     #[error("database error: {0}")]
     Internal(String),
 }
@@ -155,7 +169,7 @@ pub type LeadEdit = Box<
 /// Everything Puffle persists. Every method that takes a `workspace` only ever sees that
 /// workspace's objects: anything else is `NotFound`.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: RunStore + Send + Sync + 'static {
     /// Apply pending migrations.
     async fn migrate(&self) -> Result<()>;
     /// The database answers.

@@ -27,6 +27,8 @@ use crate::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+mod runs;
+
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
@@ -227,7 +229,7 @@ async fn insert_workspace(
     .execute(&mut *conn)
     .await?;
     if credits != 0 {
-        add_credits(conn, &ws.id, credits, "free_plan").await?;
+        add_credits(conn, &ws.id, credits, "free_plan", None).await?;
     }
     Ok(ws)
 }
@@ -237,6 +239,7 @@ async fn add_credits(
     workspace: &str,
     amount: i64,
     reason: &str,
+    run_id: Option<&str>,
 ) -> Result<i64> {
     let current: Option<i64> = sqlx::query_scalar("SELECT balance FROM workspaces WHERE id = ?")
         .bind(workspace)
@@ -260,12 +263,13 @@ async fn add_credits(
         .await?;
     sqlx::query(
         "INSERT INTO credit_ledger (id, workspace_id, amount, reason, run_id, created_at) \
-         VALUES (?, ?, ?, ?, NULL, ?)",
+         VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(new_id())
     .bind(workspace)
     .bind(amount)
     .bind(reason)
+    .bind(run_id)
     .bind(now_timestamp())
     .execute(&mut *conn)
     .await?;
@@ -667,7 +671,7 @@ impl Store for SqliteStore {
 
     async fn grant_credits(&self, workspace: &str, amount: i64, reason: &str) -> Result<i64> {
         let mut tx = self.write.begin().await?;
-        let balance = add_credits(&mut tx, workspace, amount, reason).await?;
+        let balance = add_credits(&mut tx, workspace, amount, reason, None).await?;
         tx.commit().await?;
         Ok(balance)
     }

@@ -1,0 +1,218 @@
+//! Persistence of enrichment runs and items: what the API creates and reads, and what workers
+//! claim and finish.
+
+use async_trait::async_trait;
+use puffle_domain::lead::Lead;
+use puffle_domain::run::{
+    Counts, ItemStatus, OutputTarget, RunMode, RunStatus, SkipReason, Subject, WritePolicy,
+};
+use serde_json::Value;
+
+use crate::Result;
+
+/// One lead of a resolved scope, with its membership when the scope names a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemTarget {
+    pub lead_id: String,
+    pub list_id: Option<String>,
+    pub membership_id: Option<String>,
+}
+
+/// A run to create, fully validated and resolved.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub workspace_id: String,
+    pub user_id: String,
+    pub mode: RunMode,
+    pub enrichment_slug: String,
+    pub enrichment_snapshot: Value,
+    pub subject: Subject,
+    pub scope_type: String,
+    pub list_id: Option<String>,
+    pub scope_requested: Value,
+    pub targets: Vec<ItemTarget>,
+    pub output_target: OutputTarget,
+    pub attribute_key: String,
+    pub write_policy: WritePolicy,
+    pub persist_results: bool,
+    pub input: Value,
+    pub credit_action: String,
+    pub cost_per_unit: i64,
+    /// What the run charges: `cost_per_unit × targets` (0 for previews).
+    pub total_credits: i64,
+    pub idempotency_key: Option<String>,
+    pub display_request: Option<Value>,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub id: String,
+    pub workspace_id: String,
+    pub user_id: String,
+    pub status: RunStatus,
+    pub mode: RunMode,
+    pub enrichment_slug: String,
+    pub enrichment_snapshot: Value,
+    pub subject: Subject,
+    pub scope_type: String,
+    pub list_id: Option<String>,
+    pub scope_requested: Value,
+    pub resolved_count: i64,
+    pub counts: Counts,
+    pub output_target: OutputTarget,
+    pub attribute_key: String,
+    pub write_policy: WritePolicy,
+    pub persist_results: bool,
+    pub input: Value,
+    pub credit_action: String,
+    pub cost_per_unit: i64,
+    pub total_credits: i64,
+    pub idempotency_key: Option<String>,
+    pub display_request: Option<Value>,
+    pub error: Option<Value>,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub cancelled_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// An item as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub id: String,
+    pub run_id: String,
+    pub lead_id: String,
+    pub list_id: Option<String>,
+    pub membership_id: Option<String>,
+    pub status: ItemStatus,
+    pub result: Option<Value>,
+    pub skipped_reason: Option<SkipReason>,
+    pub error: Option<Value>,
+    pub attempts: i64,
+    pub input_snapshot: Option<Value>,
+    pub lead_snapshot: Option<Value>,
+    pub raw_result: Option<Value>,
+    pub provider: Option<String>,
+    pub provider_submission_id: Option<String>,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ItemQuery {
+    pub status: Option<ItemStatus>,
+    pub lead_id: Option<String>,
+    /// Only items with an id greater than this.
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// An item a worker holds the lease of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedItem {
+    pub id: String,
+    pub run_id: String,
+    pub lead_id: String,
+    pub list_id: Option<String>,
+    pub membership_id: Option<String>,
+    pub attempts: i64,
+}
+
+/// Where and how a result is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttributeWrite {
+    pub target: OutputTarget,
+    pub workspace_id: String,
+    pub lead_id: String,
+    pub membership_id: Option<String>,
+    pub key: String,
+    pub value: Value,
+}
+
+/// What a worker records for an item it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub item_id: String,
+    pub run_id: String,
+    pub outcome: FinishOutcome,
+    /// The enrichment was executed (counts as an attempt).
+    pub executed: bool,
+    pub input_snapshot: Option<Value>,
+    pub lead_snapshot: Option<Value>,
+    pub raw_result: Option<Value>,
+    pub provider: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FinishOutcome {
+    Completed {
+        result: Option<Value>,
+        write: Option<AttributeWrite>,
+    },
+    Failed {
+        message: String,
+        details: Option<Value>,
+    },
+    Skipped(SkipReason),
+    /// Back to `pending`, due at `due_at_ms` (unix ms); `skipped`/`run_cancelled` instead if the
+    /// run was cancelled meanwhile.
+    Retry {
+        due_at_ms: i64,
+        message: String,
+    },
+}
+
+/// Enrichment runs: the API side and the worker side.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// The run an earlier request of this user created with `key`, if any.
+    async fn run_by_idempotency_key(&self, user_id: &str, key: &str) -> Result<Option<Run>>;
+    /// Resolve a scope: `lead_ids` (each must exist; with `list_id`, each must be a member), or
+    /// every member of `list_id` in lead-id order. Unknown ids are `Invalid` naming
+    /// `scope.leadIds[i]`; an unknown list is `Invalid` naming `scope.listId`.
+    async fn resolve_targets(
+        &self,
+        workspace: &str,
+        lead_ids: Option<&[String]>,
+        list_id: Option<&str>,
+    ) -> Result<Vec<ItemTarget>>;
+    /// Charge, create the run and its items, in one transaction. Returns the run and whether it
+    /// was reused (same user and idempotency key). Short balance: `InsufficientCredits`.
+    async fn create_run(&self, run: NewRun) -> Result<(Run, bool)>;
+    /// The run, if it belongs to this effective user.
+    async fn run(&self, workspace: &str, user_id: &str, id: &str) -> Result<Run>;
+    /// A page of the run's items in id order, and whether more follow.
+    async fn items(&self, run_id: &str, query: &ItemQuery) -> Result<(Vec<Item>, bool)>;
+    /// Cancel a pending or running run; pending items become skipped/`run_cancelled`.
+    async fn cancel_run(&self, workspace: &str, user_id: &str, id: &str) -> Result<Run>;
+
+    // Worker side.
+
+    /// Lease up to `max` due pending items, round-robin across active runs.
+    async fn claim_items(
+        &self,
+        worker: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Vec<ClaimedItem>>;
+    /// A run by id, for the worker (no ownership check).
+    async fn run_for_worker(&self, id: &str) -> Result<Run>;
+    /// Leads by id within a workspace; missing (deleted) ones are absent.
+    async fn leads_by_id(&self, workspace: &str, ids: &[String]) -> Result<Vec<Lead>>;
+    /// Record outcomes of items `worker` holds, in one transaction. An item whose lease the
+    /// worker lost is left alone (its outcome is dropped). Returns how many were recorded.
+    async fn finish_items(&self, worker: &str, finishes: Vec<Finish>, now_ms: i64) -> Result<u64>;
+    /// Extend every lease `worker` holds.
+    async fn heartbeat(&self, worker: &str, lease_until_ms: i64) -> Result<()>;
+    /// Give items back (pending again, no attempt spent).
+    async fn release_items(&self, worker: &str, item_ids: &[String]) -> Result<()>;
+    /// Make items whose lease expired claimable again. Returns how many.
+    async fn rescue_expired(&self, now_ms: i64) -> Result<u64>;
+    /// Fail a run: it becomes `failed` with `message`; its pending items are skipped/`run_failed`.
+    async fn fail_run(&self, run_id: &str, message: &str) -> Result<()>;
+}

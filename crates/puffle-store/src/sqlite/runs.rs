@@ -1,0 +1,855 @@
+//! Enrichment runs and items on SQLite. Claims and finishes run on the single writer
+//! connection, so a claim (`UPDATE … RETURNING` of a batch) is atomic without row locks.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use puffle_domain::lead::Lead;
+use puffle_domain::run::{
+    Counts, ItemStatus, OutputTarget, RunMode, RunStatus, SkipReason, Subject, WritePolicy,
+};
+use puffle_domain::{new_id, now_timestamp, Invalid};
+use serde_json::{json, Map, Value};
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{add_credits, attach_lists, decode_err, ensure_list, lead_from, SqliteStore};
+use crate::runs::*;
+use crate::{Result, StoreError};
+
+const RUN_COLUMNS: &str = "id, workspace_id, user_id, status, mode, enrichment_slug, \
+    enrichment_snapshot, subject, scope_type, list_id, scope_requested, resolved_count, \
+    output_target, attribute_key, write_policy, persist_results, input, credit_action, \
+    cost_per_unit, total_credits, idempotency_key, display_request, error, n_pending, n_running, \
+    n_completed, n_skipped, n_failed, started_at, completed_at, cancelled_at, created_at, updated_at";
+
+const ITEM_COLUMNS: &str = "id, run_id, lead_id, list_id, membership_id, status, result, \
+    skipped_reason, error, attempts, input_snapshot, lead_snapshot, raw_result, provider, \
+    provider_submission_id, started_at, completed_at, created_at, updated_at";
+
+/// Rows per multi-row INSERT of items (7 bound values each, far below SQLite's limit).
+const INSERT_CHUNK: usize = 1000;
+/// Active runs considered per claim (round-robin by least recently claimed).
+const CLAIM_RUNS: i64 = 16;
+
+fn json_column(row: &SqliteRow, column: &str) -> Result<Option<Value>> {
+    let text: Option<String> = row.try_get(column)?;
+    Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+}
+
+fn parse_enum<T>(row: &SqliteRow, column: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    let text: String = row.try_get(column)?;
+    parse(&text).ok_or_else(|| decode_err(column, &text))
+}
+
+fn run_from(row: &SqliteRow) -> Result<Run> {
+    let persist: i64 = row.try_get("persist_results")?;
+    Ok(Run {
+        id: row.try_get("id")?,
+        workspace_id: row.try_get("workspace_id")?,
+        user_id: row.try_get("user_id")?,
+        status: parse_enum(row, "status", RunStatus::parse)?,
+        mode: parse_enum(row, "mode", RunMode::parse)?,
+        enrichment_slug: row.try_get("enrichment_slug")?,
+        enrichment_snapshot: json_column(row, "enrichment_snapshot")?.unwrap_or(Value::Null),
+        subject: parse_enum(row, "subject", Subject::parse)?,
+        scope_type: row.try_get("scope_type")?,
+        list_id: row.try_get("list_id")?,
+        scope_requested: json_column(row, "scope_requested")?.unwrap_or(Value::Null),
+        resolved_count: row.try_get("resolved_count")?,
+        counts: Counts {
+            pending: row.try_get("n_pending")?,
+            running: row.try_get("n_running")?,
+            completed: row.try_get("n_completed")?,
+            skipped: row.try_get("n_skipped")?,
+            failed: row.try_get("n_failed")?,
+        },
+        output_target: parse_enum(row, "output_target", OutputTarget::parse)?,
+        attribute_key: row.try_get("attribute_key")?,
+        write_policy: parse_enum(row, "write_policy", WritePolicy::parse)?,
+        persist_results: persist != 0,
+        input: json_column(row, "input")?.unwrap_or(Value::Null),
+        credit_action: row.try_get("credit_action")?,
+        cost_per_unit: row.try_get("cost_per_unit")?,
+        total_credits: row.try_get("total_credits")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        display_request: json_column(row, "display_request")?,
+        error: json_column(row, "error")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        cancelled_at: row.try_get("cancelled_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn item_from(row: &SqliteRow) -> Result<Item> {
+    let skipped: Option<String> = row.try_get("skipped_reason")?;
+    Ok(Item {
+        id: row.try_get("id")?,
+        run_id: row.try_get("run_id")?,
+        lead_id: row.try_get("lead_id")?,
+        list_id: row.try_get("list_id")?,
+        membership_id: row.try_get("membership_id")?,
+        status: parse_enum(row, "status", ItemStatus::parse)?,
+        result: json_column(row, "result")?,
+        skipped_reason: skipped
+            .map(|s| SkipReason::parse(&s).ok_or_else(|| decode_err("skipped_reason", &s)))
+            .transpose()?,
+        error: json_column(row, "error")?,
+        attempts: row.try_get("attempts")?,
+        input_snapshot: json_column(row, "input_snapshot")?,
+        lead_snapshot: json_column(row, "lead_snapshot")?,
+        raw_result: json_column(row, "raw_result")?,
+        provider: row.try_get("provider")?,
+        provider_submission_id: row.try_get("provider_submission_id")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn to_text(v: &Option<Value>) -> Option<String> {
+    v.as_ref().map(Value::to_string)
+}
+
+async fn load_run(conn: &mut SqliteConnection, id: &str) -> Result<Run> {
+    let row = sqlx::query(&format!(
+        "SELECT {RUN_COLUMNS} FROM enrichment_runs WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::NotFound("enrichment run"))?;
+    run_from(&row)
+}
+
+/// Per-run changes of the status counts, applied once per transaction.
+#[derive(Default)]
+struct CountDeltas(HashMap<String, [i64; 5]>);
+
+impl CountDeltas {
+    fn slot(status: ItemStatus) -> usize {
+        match status {
+            ItemStatus::Pending => 0,
+            ItemStatus::Running => 1,
+            ItemStatus::Completed => 2,
+            ItemStatus::Skipped => 3,
+            ItemStatus::Failed => 4,
+        }
+    }
+
+    fn moved(&mut self, run: &str, from: ItemStatus, to: ItemStatus, n: i64) {
+        let d = self.0.entry(run.to_string()).or_default();
+        d[Self::slot(from)] -= n;
+        d[Self::slot(to)] += n;
+    }
+
+    async fn apply(self, conn: &mut SqliteConnection, now: &str) -> Result<Vec<String>> {
+        let mut runs = Vec::with_capacity(self.0.len());
+        for (run, d) in self.0 {
+            sqlx::query(
+                "UPDATE enrichment_runs SET n_pending = n_pending + ?, n_running = n_running + ?, \
+                 n_completed = n_completed + ?, n_skipped = n_skipped + ?, \
+                 n_failed = n_failed + ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(d[0])
+            .bind(d[1])
+            .bind(d[2])
+            .bind(d[3])
+            .bind(d[4])
+            .bind(now)
+            .bind(&run)
+            .execute(&mut *conn)
+            .await?;
+            runs.push(run);
+        }
+        Ok(runs)
+    }
+}
+
+/// Mark runs whose every item is terminal as completed (only from `running`/`pending`).
+async fn complete_finished_runs(
+    conn: &mut SqliteConnection,
+    runs: &[String],
+    now: &str,
+) -> Result<()> {
+    for run in runs {
+        sqlx::query(
+            "UPDATE enrichment_runs SET status = 'completed', completed_at = ?, updated_at = ? \
+             WHERE id = ? AND status IN ('pending', 'running') AND n_pending = 0 \
+             AND n_running = 0",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(run)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Skip every pending item of a run with `reason`; returns how many.
+async fn skip_pending(
+    conn: &mut SqliteConnection,
+    run_id: &str,
+    reason: SkipReason,
+    now: &str,
+) -> Result<i64> {
+    let done = sqlx::query(
+        "UPDATE enrichment_items SET status = 'skipped', skipped_reason = ?, completed_at = ?, \
+         updated_at = ? WHERE run_id = ? AND status = 'pending'",
+    )
+    .bind(reason.as_str())
+    .bind(now)
+    .bind(now)
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() as i64)
+}
+
+/// Write a result onto the lead's (or membership's) attributes.
+async fn write_attribute(conn: &mut SqliteConnection, w: &AttributeWrite, now: &str) -> Result<()> {
+    let (select, update, id) = match (w.target, &w.membership_id) {
+        (OutputTarget::Membership, Some(m)) => (
+            "SELECT attributes FROM memberships WHERE id = ?",
+            "UPDATE memberships SET attributes = ? WHERE id = ?",
+            m.as_str(),
+        ),
+        _ => (
+            "SELECT attributes FROM leads WHERE id = ?",
+            "UPDATE leads SET attributes = ?, updated_at = ? WHERE id = ?",
+            w.lead_id.as_str(),
+        ),
+    };
+    let current: Option<String> = sqlx::query_scalar(select)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    // The lead (or membership) was deleted meanwhile: nothing to write onto.
+    let Some(current) = current else {
+        return Ok(());
+    };
+    let mut attributes: Map<String, Value> = serde_json::from_str(&current)?;
+    attributes.insert(w.key.clone(), w.value.clone());
+    let mut q = sqlx::query(update).bind(serde_json::to_string(&attributes)?);
+    if w.target == OutputTarget::Lead || w.membership_id.is_none() {
+        q = q.bind(now);
+    }
+    q.bind(id).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Put a leased item back to pending (no attempt spent), or skip it if its run was cancelled
+/// or failed meanwhile. `guard` is the extra condition the row must meet.
+async fn requeue(
+    conn: &mut SqliteConnection,
+    deltas: &mut CountDeltas,
+    item_id: &str,
+    run_id: &str,
+    guard: (&str, &str),
+    now: &str,
+) -> Result<bool> {
+    let run_status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM enrichment_runs WHERE id = ?")
+            .bind(run_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let skip = match run_status.as_deref() {
+        Some("cancelled") => Some(SkipReason::RunCancelled),
+        Some("failed") => Some(SkipReason::RunFailed),
+        _ => None,
+    };
+    let (sql, to) = match skip {
+        Some(_) => (
+            format!(
+                "UPDATE enrichment_items SET status = 'skipped', skipped_reason = ?, \
+                 completed_at = ?, updated_at = ?, lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = ? AND status = 'running' AND {} ?",
+                guard.0
+            ),
+            ItemStatus::Skipped,
+        ),
+        None => (
+            format!(
+                "UPDATE enrichment_items SET status = 'pending', skipped_reason = ?, \
+                 completed_at = ?, updated_at = ?, lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = ? AND status = 'running' AND {} ?",
+                guard.0
+            ),
+            ItemStatus::Pending,
+        ),
+    };
+    let done = sqlx::query(&sql)
+        .bind(skip.map(SkipReason::as_str))
+        .bind(skip.map(|_| now))
+        .bind(now)
+        .bind(item_id)
+        .bind(guard.1)
+        .execute(&mut *conn)
+        .await?;
+    let moved = done.rows_affected() == 1;
+    if moved {
+        deltas.moved(run_id, ItemStatus::Running, to, 1);
+    }
+    Ok(moved)
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn run_by_idempotency_key(&self, user_id: &str, key: &str) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM enrichment_runs WHERE user_id = ? AND idempotency_key = ?"
+        ))
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(run_from).transpose()
+    }
+
+    async fn resolve_targets(
+        &self,
+        workspace: &str,
+        lead_ids: Option<&[String]>,
+        list_id: Option<&str>,
+    ) -> Result<Vec<ItemTarget>> {
+        let mut conn = self.read.acquire().await?;
+        if let Some(list) = list_id {
+            ensure_list(&mut conn, workspace, list)
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound(_) => {
+                        Invalid::new("scope.listId", "no list with this id").into()
+                    }
+                    other => other,
+                })?;
+        }
+        let Some(ids) = lead_ids else {
+            let Some(list) = list_id else {
+                return Ok(Vec::new());
+            };
+            let rows = sqlx::query(
+                "SELECT lead_id, id FROM memberships WHERE list_id = ? ORDER BY lead_id",
+            )
+            .bind(list)
+            .fetch_all(&mut *conn)
+            .await?;
+            return rows
+                .iter()
+                .map(|r| {
+                    Ok(ItemTarget {
+                        lead_id: r.try_get(0)?,
+                        list_id: Some(list.to_string()),
+                        membership_id: Some(r.try_get(1)?),
+                    })
+                })
+                .collect();
+        };
+        let mut targets = Vec::with_capacity(ids.len());
+        let mut seen = std::collections::HashSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            if !seen.insert(id.as_str()) {
+                continue;
+            }
+            let field = format!("scope.leadIds[{i}]");
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM leads WHERE workspace_id = ? AND id = ?")
+                    .bind(workspace)
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if exists.is_none() {
+                return Err(Invalid::new(field, "no lead with this id").into());
+            }
+            let membership_id = match list_id {
+                None => None,
+                Some(list) => {
+                    let m: Option<String> = sqlx::query_scalar(
+                        "SELECT id FROM memberships WHERE list_id = ? AND lead_id = ?",
+                    )
+                    .bind(list)
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    Some(m.ok_or_else(|| {
+                        Invalid::new(field, format!("lead {id} is not a member of list {list}"))
+                    })?)
+                }
+            };
+            targets.push(ItemTarget {
+                lead_id: id.clone(),
+                list_id: list_id.map(str::to_string),
+                membership_id,
+            });
+        }
+        Ok(targets)
+    }
+
+    async fn create_run(&self, run: NewRun) -> Result<(Run, bool)> {
+        let mut tx = self.write.begin().await?;
+        if let Some(key) = &run.idempotency_key {
+            let existing: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM enrichment_runs WHERE user_id = ? AND idempotency_key = ?",
+            )
+            .bind(&run.user_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = existing {
+                return Ok((load_run(&mut tx, &id).await?, true));
+            }
+        }
+        if run.total_credits > 0 {
+            let balance: i64 = sqlx::query_scalar("SELECT balance FROM workspaces WHERE id = ?")
+                .bind(&run.workspace_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if balance < run.total_credits {
+                return Err(StoreError::InsufficientCredits {
+                    required: run.total_credits,
+                    balance,
+                });
+            }
+        }
+        let id = new_id();
+        let now = now_timestamp();
+        let count = run.targets.len() as i64;
+        let status = if count == 0 {
+            RunStatus::Completed
+        } else {
+            RunStatus::Pending
+        };
+        sqlx::query(&format!(
+            "INSERT INTO enrichment_runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+             ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0, NULL, ?, NULL, ?, ?)"
+        ))
+        .bind(&id)
+        .bind(&run.workspace_id)
+        .bind(&run.user_id)
+        .bind(status.as_str())
+        .bind(run.mode.as_str())
+        .bind(&run.enrichment_slug)
+        .bind(run.enrichment_snapshot.to_string())
+        .bind(run.subject.as_str())
+        .bind(&run.scope_type)
+        .bind(&run.list_id)
+        .bind(run.scope_requested.to_string())
+        .bind(count)
+        .bind(run.output_target.as_str())
+        .bind(&run.attribute_key)
+        .bind(run.write_policy.as_str())
+        .bind(i64::from(run.persist_results))
+        .bind(run.input.to_string())
+        .bind(&run.credit_action)
+        .bind(run.cost_per_unit)
+        .bind(run.total_credits)
+        .bind(&run.idempotency_key)
+        .bind(to_text(&run.display_request))
+        .bind(Option::<String>::None)
+        .bind(count)
+        .bind((count == 0).then_some(&now))
+        .bind(&now)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        if run.total_credits > 0 {
+            add_credits(
+                &mut tx,
+                &run.workspace_id,
+                -run.total_credits,
+                "enrichment_run",
+                Some(&id),
+            )
+            .await?;
+        }
+        for chunk in run.targets.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO enrichment_items (id, run_id, lead_id, list_id, membership_id, \
+                 status, created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, t| {
+                b.push_bind(new_id())
+                    .push_bind(&id)
+                    .push_bind(&t.lead_id)
+                    .push_bind(&t.list_id)
+                    .push_bind(&t.membership_id)
+                    .push_bind("pending")
+                    .push_bind(&now)
+                    .push_bind(&now);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        let created = load_run(&mut tx, &id).await?;
+        tx.commit().await?;
+        Ok((created, false))
+    }
+
+    async fn run(&self, workspace: &str, user_id: &str, id: &str) -> Result<Run> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM enrichment_runs \
+             WHERE id = ? AND workspace_id = ? AND user_id = ?"
+        ))
+        .bind(id)
+        .bind(workspace)
+        .bind(user_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or(StoreError::NotFound("enrichment run"))?;
+        run_from(&row)
+    }
+
+    async fn items(&self, run_id: &str, query: &ItemQuery) -> Result<(Vec<Item>, bool)> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {ITEM_COLUMNS} FROM enrichment_items WHERE run_id = "
+        ));
+        q.push_bind(run_id.to_string());
+        if let Some(status) = query.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(lead) = &query.lead_id {
+            q.push(" AND lead_id = ").push_bind(lead.clone());
+        }
+        if let Some(after) = &query.after {
+            q.push(" AND id > ").push_bind(after.clone());
+        }
+        q.push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(query.limit) + 1);
+        let rows = q.build().fetch_all(&self.read).await?;
+        let mut items = rows.iter().map(item_from).collect::<Result<Vec<_>>>()?;
+        let more = items.len() > query.limit as usize;
+        items.truncate(query.limit as usize);
+        Ok((items, more))
+    }
+
+    async fn cancel_run(&self, workspace: &str, user_id: &str, id: &str) -> Result<Run> {
+        let mut tx = self.write.begin().await?;
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM enrichment_runs WHERE id = ? AND workspace_id = ? AND user_id = ?",
+        )
+        .bind(id)
+        .bind(workspace)
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let status = status.ok_or(StoreError::NotFound("enrichment run"))?;
+        let parsed = RunStatus::parse(&status).ok_or_else(|| decode_err("status", &status))?;
+        if !parsed.is_cancellable() {
+            return Err(StoreError::StateConflict {
+                reason: "run_not_cancellable",
+                message: format!(
+                    "The run is {status}; only pending or running runs can be cancelled."
+                ),
+            });
+        }
+        let now = now_timestamp();
+        let done = sqlx::query(
+            "UPDATE enrichment_runs SET status = 'cancelled', cancelled_at = ?, completed_at = ?, \
+             updated_at = ? WHERE id = ? AND status = ?",
+        )
+        .bind(&now)
+        .bind(&now)
+        .bind(&now)
+        .bind(id)
+        .bind(&status)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::StateConflict {
+                reason: "run_status_changed",
+                message: "The run's status changed while cancelling; read it again.".into(),
+            });
+        }
+        let skipped = skip_pending(&mut tx, id, SkipReason::RunCancelled, &now).await?;
+        let mut deltas = CountDeltas::default();
+        deltas.moved(id, ItemStatus::Pending, ItemStatus::Skipped, skipped);
+        deltas.apply(&mut tx, &now).await?;
+        let run = load_run(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(run)
+    }
+
+    async fn claim_items(
+        &self,
+        worker: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Vec<ClaimedItem>> {
+        let mut tx = self.write.begin().await?;
+        let runs: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM enrichment_runs WHERE status IN ('pending', 'running') \
+             AND n_pending > 0 ORDER BY last_claimed_at, id LIMIT ?",
+        )
+        .bind(CLAIM_RUNS)
+        .fetch_all(&mut *tx)
+        .await?;
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_timestamp();
+        let share = max.div_ceil(runs.len()).max(1);
+        let mut claimed = Vec::new();
+        for run in &runs {
+            let want = share.min(max - claimed.len());
+            let rows = if want == 0 {
+                Vec::new()
+            } else {
+                sqlx::query(
+                    "UPDATE enrichment_items SET status = 'running', lease_owner = ?, \
+                     lease_expires_at = ?, started_at = coalesce(started_at, ?), updated_at = ? \
+                     WHERE id IN (SELECT id FROM enrichment_items WHERE run_id = ? \
+                       AND status = 'pending' AND due_at <= ? ORDER BY id LIMIT ?) \
+                     RETURNING id, lead_id, list_id, membership_id, attempts",
+                )
+                .bind(worker)
+                .bind(lease_until_ms)
+                .bind(&now)
+                .bind(&now)
+                .bind(run)
+                .bind(now_ms)
+                .bind(want as i64)
+                .fetch_all(&mut *tx)
+                .await?
+            };
+            let n = rows.len() as i64;
+            sqlx::query(
+                "UPDATE enrichment_runs SET n_pending = n_pending - ?, n_running = n_running + ?, \
+                 status = CASE WHEN ? > 0 AND status = 'pending' THEN 'running' ELSE status END, \
+                 started_at = CASE WHEN ? > 0 THEN coalesce(started_at, ?) ELSE started_at END, \
+                 last_claimed_at = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(n)
+            .bind(n)
+            .bind(n)
+            .bind(n)
+            .bind(&now)
+            .bind(now_ms)
+            .bind(&now)
+            .bind(run)
+            .execute(&mut *tx)
+            .await?;
+            for r in rows {
+                claimed.push(ClaimedItem {
+                    id: r.try_get("id")?,
+                    run_id: run.clone(),
+                    lead_id: r.try_get("lead_id")?,
+                    list_id: r.try_get("list_id")?,
+                    membership_id: r.try_get("membership_id")?,
+                    attempts: r.try_get("attempts")?,
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn run_for_worker(&self, id: &str) -> Result<Run> {
+        let mut conn = self.read.acquire().await?;
+        load_run(&mut conn, id).await
+    }
+
+    async fn leads_by_id(&self, workspace: &str, ids: &[String]) -> Result<Vec<Lead>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.read.acquire().await?;
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT id, type, fields, attributes, created_at, updated_at FROM leads \
+             WHERE workspace_id = ",
+        );
+        q.push_bind(workspace.to_string()).push(" AND id IN (");
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(id.clone());
+        }
+        q.push(")");
+        let rows = q.build().fetch_all(&mut *conn).await?;
+        let mut leads = rows.iter().map(lead_from).collect::<Result<Vec<_>>>()?;
+        attach_lists(&mut conn, &mut leads).await?;
+        Ok(leads)
+    }
+
+    async fn finish_items(&self, worker: &str, finishes: Vec<Finish>, now_ms: i64) -> Result<u64> {
+        let _ = now_ms;
+        let mut tx = self.write.begin().await?;
+        let now = now_timestamp();
+        let mut deltas = CountDeltas::default();
+        let mut recorded = 0;
+        for f in finishes {
+            let attempts = i64::from(f.executed);
+            let (status, result, skipped, error, write, due_at) = match f.outcome {
+                FinishOutcome::Completed { result, write } => {
+                    (ItemStatus::Completed, result, None, None, write, None)
+                }
+                FinishOutcome::Failed { message, details } => (
+                    ItemStatus::Failed,
+                    None,
+                    None,
+                    Some(json!({"message": message, "details": details})),
+                    None,
+                    None,
+                ),
+                FinishOutcome::Skipped(reason) => {
+                    (ItemStatus::Skipped, None, Some(reason), None, None, None)
+                }
+                FinishOutcome::Retry { due_at_ms, message } => (
+                    ItemStatus::Pending,
+                    None,
+                    None,
+                    Some(json!({"message": message, "details": null})),
+                    None,
+                    Some(due_at_ms),
+                ),
+            };
+            // A retry of a run cancelled (or failed) meanwhile ends the item instead.
+            let (status, skipped) = if status == ItemStatus::Pending {
+                let run_status: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM enrichment_runs WHERE id = ?")
+                        .bind(&f.run_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match run_status.as_deref() {
+                    Some("cancelled") => (ItemStatus::Skipped, Some(SkipReason::RunCancelled)),
+                    Some("failed") => (ItemStatus::Skipped, Some(SkipReason::RunFailed)),
+                    _ => (status, skipped),
+                }
+            } else {
+                (status, skipped)
+            };
+            let terminal = status.is_terminal();
+            let done = sqlx::query(
+                "UPDATE enrichment_items SET status = ?, result = ?, skipped_reason = ?, \
+                 error = ?, attempts = attempts + ?, input_snapshot = coalesce(?, input_snapshot), \
+                 lead_snapshot = coalesce(?, lead_snapshot), raw_result = ?, \
+                 provider = coalesce(?, provider), due_at = coalesce(?, due_at), \
+                 completed_at = ?, updated_at = ?, lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = ? AND status = 'running' AND lease_owner = ?",
+            )
+            .bind(status.as_str())
+            .bind(to_text(&result))
+            .bind(skipped.map(SkipReason::as_str))
+            .bind(to_text(&error))
+            .bind(attempts)
+            .bind(to_text(&f.input_snapshot))
+            .bind(to_text(&f.lead_snapshot))
+            .bind(to_text(&f.raw_result))
+            .bind(&f.provider)
+            .bind(due_at)
+            .bind(terminal.then_some(&now))
+            .bind(&now)
+            .bind(&f.item_id)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                // Our lease was lost (expired and rescued): the current holder decides.
+                continue;
+            }
+            recorded += 1;
+            deltas.moved(&f.run_id, ItemStatus::Running, status, 1);
+            if let Some(w) = write {
+                write_attribute(&mut tx, &w, &now).await?;
+            }
+        }
+        let runs = deltas.apply(&mut tx, &now).await?;
+        complete_finished_runs(&mut tx, &runs, &now).await?;
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    async fn heartbeat(&self, worker: &str, lease_until_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE enrichment_items SET lease_expires_at = ? \
+             WHERE lease_owner = ? AND status = 'running'",
+        )
+        .bind(lease_until_ms)
+        .bind(worker)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_items(&self, worker: &str, item_ids: &[String]) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let now = now_timestamp();
+        let mut deltas = CountDeltas::default();
+        for id in item_ids {
+            let run: Option<String> =
+                sqlx::query_scalar("SELECT run_id FROM enrichment_items WHERE id = ?")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(run) = run {
+                requeue(
+                    &mut tx,
+                    &mut deltas,
+                    id,
+                    &run,
+                    ("lease_owner =", worker),
+                    &now,
+                )
+                .await?;
+            }
+        }
+        let runs = deltas.apply(&mut tx, &now).await?;
+        complete_finished_runs(&mut tx, &runs, &now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rescue_expired(&self, now_ms: i64) -> Result<u64> {
+        let mut tx = self.write.begin().await?;
+        let expired = sqlx::query(
+            "SELECT id, run_id FROM enrichment_items WHERE status = 'running' \
+             AND lease_expires_at < ?",
+        )
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let now = now_timestamp();
+        let mut deltas = CountDeltas::default();
+        let mut rescued = 0;
+        let cutoff = now_ms.to_string();
+        for row in &expired {
+            let id: String = row.try_get(0)?;
+            let run: String = row.try_get(1)?;
+            let guard = ("lease_expires_at <", cutoff.as_str());
+            if requeue(&mut tx, &mut deltas, &id, &run, guard, &now).await? {
+                rescued += 1;
+            }
+        }
+        let runs = deltas.apply(&mut tx, &now).await?;
+        complete_finished_runs(&mut tx, &runs, &now).await?;
+        tx.commit().await?;
+        Ok(rescued)
+    }
+
+    async fn fail_run(&self, run_id: &str, message: &str) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let now = now_timestamp();
+        let done = sqlx::query(
+            "UPDATE enrichment_runs SET status = 'failed', error = ?, completed_at = ?, \
+             updated_at = ? WHERE id = ? AND status IN ('pending', 'running')",
+        )
+        .bind(json!({"message": message, "details": null}).to_string())
+        .bind(&now)
+        .bind(&now)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            let skipped = skip_pending(&mut tx, run_id, SkipReason::RunFailed, &now).await?;
+            let mut deltas = CountDeltas::default();
+            deltas.moved(run_id, ItemStatus::Pending, ItemStatus::Skipped, skipped);
+            deltas.apply(&mut tx, &now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
