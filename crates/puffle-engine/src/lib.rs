@@ -1,3 +1,18 @@
 //! Puffle's execution layer: the enrichment catalog, providers and the worker pool.
 //!
-//! Empty until enrichment runs land (the foundation only needs accounts, leads and lists).
+//! So far: the offline built-in enrichments ([`builtins`]) and what running one produces
+//! ([`Outcome`]).
+
+pub mod builtins;
+pub mod catalog;
+mod config;
+mod executor;
+mod outcome;
+pub mod providers;
+pub mod template;
+mod worker;
+
+pub use catalog::{Catalog, Enrichment};
+pub use config::EngineConfig;
+pub use outcome::Outcome;
+pub use worker::WorkerPool;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use puffle_domain::account::ApiKey;
 use puffle_domain::credits::Prices;
+use puffle_engine::{Catalog, EngineConfig, WorkerPool};
 use puffle_store::Store;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 /// How to run the server.
@@ -24,6 +25,10 @@ pub struct Config {
     pub max_csv_rows: usize,
     /// The key to bootstrap an empty database with; a random one when `None`.
     pub bootstrap_api_key: Option<ApiKey>,
+    /// Run a worker pool in this process (`puffle serve --no-worker` turns it off).
+    pub run_worker: bool,
+    /// Worker pool, retries and provider settings.
+    pub engine: EngineConfig,
 }
 
 impl Config {
@@ -35,6 +40,8 @@ impl Config {
             max_csv_bytes: 256 * 1024 * 1024,
             max_csv_rows: 100_000,
             bootstrap_api_key: None,
+            run_worker: true,
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -46,6 +53,9 @@ pub struct AppState {
     pub prices: Arc<Prices>,
     pub config: Arc<Config>,
     pub metrics: Arc<crate::routes::Metrics>,
+    pub catalog: Arc<Catalog>,
+    /// Notified when a run is created, so an idle worker starts at once.
+    pub wake: Arc<Notify>,
 }
 
 /// A server that is listening.
@@ -56,13 +66,19 @@ pub struct Running {
     pub bootstrap_key: Option<ApiKey>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
+    workers: Option<WorkerPool>,
 }
 
 impl Running {
     /// Stop accepting connections, let in-flight requests finish, and return.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        self.task.await.context("server task panicked")??;
+        let served = self.task.await;
+        // In-flight requests are answered first; then the workers finish or hand back items.
+        if let Some(workers) = self.workers {
+            workers.shutdown().await;
+        }
+        served.context("server task panicked")??;
         Ok(())
     }
 }
@@ -78,11 +94,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;
+    let catalog = Arc::new(Catalog::new(&config.engine));
+    let wake = Arc::new(Notify::new());
+    let workers = config.run_worker.then(|| {
+        WorkerPool::start(
+            store.clone(),
+            catalog.clone(),
+            config.engine.clone(),
+            wake.clone(),
+        )
+    });
     let state = AppState {
         store,
         prices: Arc::new(Prices::default()),
         config: Arc::new(config),
         metrics: Arc::default(),
+        catalog,
+        wake,
     };
     let router = crate::routes::router(state);
     let (shutdown, mut rx) = watch::channel(false);
@@ -98,6 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         bootstrap_key,
         shutdown,
         task,
+        workers,
     })
 }
 

@@ -3,6 +3,7 @@
 mod account;
 mod credits;
 mod csv;
+mod enrichments;
 mod leads;
 mod lists;
 mod service;
@@ -24,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(leads::router())
         .merge(lists::router())
         .merge(credits::router())
+        .merge(enrichments::router())
         .merge(service::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,0 +1,45 @@
+//! How the engine runs: worker pool size, leases, retries, and what providers may reach.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Items executed at once by this process's worker pool (0: no worker in this process).
+    pub concurrency: usize,
+    /// How long a claimed item stays leased without a heartbeat before another worker may take it.
+    pub lease: Duration,
+    /// Executions per item before a retryable failure becomes `failed`.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt (with jitter), never below the provider's Retry-After.
+    pub retry_base: Duration,
+    /// Longest retry delay (a provider's Retry-After may ask for more, and is honoured).
+    pub retry_max: Duration,
+    /// On shutdown, how long in-flight items may take to finish before they are handed back.
+    pub shutdown_grace: Duration,
+    /// Hosts (names or IPs) `custom_http` may reach even though they are loopback/private
+    /// (`PUFFLE_HTTP_ALLOW_HOSTS`).
+    pub http_allow_hosts: Vec<String>,
+    /// OpenAI-compatible endpoint for `custom_ai` (`PUFFLE_AI_BASE_URL`, e.g. `http://localhost:11434/v1`).
+    pub ai_base_url: Option<String>,
+    /// Its key (`PUFFLE_AI_API_KEY`); never logged or shown.
+    pub ai_api_key: Option<String>,
+    /// Default model (`PUFFLE_AI_MODEL`).
+    pub ai_model: Option<String>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            concurrency: 16,
+            lease: Duration::from_secs(60),
+            max_attempts: 3,
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(10),
+            http_allow_hosts: Vec::new(),
+            ai_base_url: None,
+            ai_api_key: None,
+            ai_model: None,
+        }
+    }
+}

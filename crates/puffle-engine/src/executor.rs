@@ -1,0 +1,70 @@
+//! Running one enrichment for one lead: dispatch by binding, and the item metadata it yields.
+
+use puffle_domain::lead::Lead;
+use serde_json::Value;
+
+use crate::catalog::{Binding, Enrichment};
+use crate::providers::ai::AiConfig;
+use crate::providers::http::HttpPolicy;
+use crate::providers::{self, Execution};
+use crate::{builtins, EngineConfig, Outcome};
+
+/// A failure of the whole run rather than of one item (its provider is not usable at all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFailure(pub String);
+
+/// Executes enrichments; one per process, shared by every worker task.
+pub struct Executor {
+    client: reqwest::Client,
+    http_policy: HttpPolicy,
+    ai: Option<AiConfig>,
+}
+
+impl Executor {
+    pub fn new(config: &EngineConfig) -> Executor {
+        Executor {
+            client: reqwest::Client::new(),
+            http_policy: HttpPolicy {
+                allow_hosts: config.http_allow_hosts.clone(),
+            },
+            ai: AiConfig::from_engine(config),
+        }
+    }
+
+    pub async fn execute(
+        &self,
+        enrichment: &Enrichment,
+        lead: &Lead,
+        input: &Value,
+    ) -> Result<Execution, RunFailure> {
+        match enrichment.binding {
+            Binding::Builtin => {
+                let outcome = builtins::run_builtin(&enrichment.slug, lead, input)
+                    .unwrap_or_else(|| Outcome::Fail(format!("no built-in named {}", enrichment.slug)));
+                let raw = match &outcome {
+                    Outcome::Hit(v) => Some(v.clone()),
+                    _ => None,
+                };
+                Ok(Execution {
+                    outcome,
+                    input_snapshot: input.clone(),
+                    raw,
+                    provider: enrichment.slug.clone(),
+                })
+            }
+            Binding::Http => {
+                Ok(providers::http::execute(&self.client, &self.http_policy, lead, input).await)
+            }
+            Binding::Ai => match &self.ai {
+                Some(ai) => Ok(providers::ai::execute(&self.client, ai, lead, input).await),
+                None => Err(RunFailure(
+                    "custom_ai has no AI endpoint configured on this server (PUFFLE_AI_BASE_URL, PUFFLE_AI_MODEL)".into(),
+                )),
+            },
+            Binding::Unconfigured => Err(RunFailure(format!(
+                "{} has no provider configured on this server",
+                enrichment.slug
+            ))),
+        }
+    }
+}

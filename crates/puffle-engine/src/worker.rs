@@ -1,0 +1,437 @@
+//! The worker pool: claims due items in batches under a lease, executes them concurrently,
+//! and records their outcomes in batches.
+//!
+//! Guarantees (spec §6, DESIGN "The worker"): a claim is one statement per run; the lease is
+//! extended by a heartbeat while the process lives and expires when it dies, so another worker
+//! rescues the item; every outcome is written only if this worker still holds the lease; on
+//! shutdown nothing new is claimed, in-flight items get a grace period, and the rest go back to
+//! `pending` without spending an attempt.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use puffle_domain::lead::Lead;
+use puffle_domain::run::{OutputTarget, SkipReason, WritePolicy};
+use puffle_store::{AttributeWrite, ClaimedItem, Finish, FinishOutcome, Run, Store};
+use rand::Rng;
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::catalog::{Catalog, Enrichment};
+use crate::executor::{Executor, RunFailure};
+use crate::{EngineConfig, Outcome};
+
+/// Most items claimed in one statement.
+const CLAIM_BATCH: usize = 256;
+/// Most outcomes written in one transaction.
+const FINISH_BATCH: usize = 512;
+/// How long an idle worker sleeps when nothing wakes it (new runs wake it at once).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A running worker pool; dropping it does not stop it, [`WorkerPool::shutdown`] does.
+pub struct WorkerPool {
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl WorkerPool {
+    /// Start a pool of `config.concurrency` slots. `wake` is notified when a run is created.
+    pub fn start(
+        store: Arc<dyn Store>,
+        catalog: Arc<Catalog>,
+        config: EngineConfig,
+        wake: Arc<Notify>,
+    ) -> WorkerPool {
+        let (shutdown, rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            executor: Executor::new(&config),
+            store,
+            catalog,
+            config,
+            worker_id: format!("worker-{}", puffle_domain::new_id()),
+            held: Mutex::new(HashSet::new()),
+        });
+        let task = tokio::spawn(run(shared, wake, rx));
+        WorkerPool { shutdown, task }
+    }
+
+    /// Stop claiming, give in-flight items the grace period, hand the rest back.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the worker pool ended abnormally");
+        }
+    }
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    catalog: Arc<Catalog>,
+    executor: Executor,
+    config: EngineConfig,
+    worker_id: String,
+    /// Items this worker holds whose outcome has not been handed to the writer yet.
+    held: Mutex<HashSet<String>>,
+}
+
+impl Shared {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What an item needs to execute: its run and the catalog entry the run names.
+struct RunSpec {
+    run: Run,
+    enrichment: Option<Enrichment>,
+}
+
+async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Finish>();
+    let writer = tokio::spawn(write_outcomes(shared.clone(), done_rx));
+    let heartbeat = tokio::spawn(heartbeat(shared.clone()));
+    let rescue_every =
+        (shared.config.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    let mut last_rescue: Option<tokio::time::Instant> = None;
+    let mut runs: HashMap<String, Arc<RunSpec>> = HashMap::new();
+    let mut tasks = JoinSet::new();
+
+    while !*shutdown.borrow() {
+        while tasks.try_join_next().is_some() {}
+        if last_rescue.is_none_or(|t| t.elapsed() >= rescue_every) {
+            last_rescue = Some(tokio::time::Instant::now());
+            match shared.store.rescue_expired(now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(items = n, "rescued items whose worker lost its lease"),
+                Err(e) => tracing::error!(error = %e, "rescuing expired leases failed"),
+            }
+        }
+        let free = slots.available_permits();
+        if free == 0 {
+            tokio::select! {
+                _ = tasks.join_next() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let now = now_ms();
+        let lease_until = now + ms(shared.config.lease);
+        let claimed = match shared
+            .store
+            .claim_items(&shared.worker_id, free.min(CLAIM_BATCH), now, lease_until)
+            .await
+        {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming items failed; retrying shortly");
+                tokio::select! {
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+        };
+        if claimed.is_empty() {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        shared.held().extend(claimed.iter().map(|i| i.id.clone()));
+        if runs.len() > 1024 {
+            runs.clear();
+        }
+        let leads = match load_context(&shared, &claimed, &mut runs).await {
+            Ok(leads) => leads,
+            Err(e) => {
+                tracing::error!(error = %e, "loading claimed items' runs and leads failed");
+                let ids: Vec<String> = claimed.iter().map(|i| i.id.clone()).collect();
+                release(&shared, &ids).await;
+                continue;
+            }
+        };
+        for item in claimed {
+            let Some(spec) = runs.get(&item.run_id).cloned() else {
+                continue;
+            };
+            let lead = leads.get(&item.lead_id).cloned();
+            let permit = match slots.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => break,
+            };
+            let shared = shared.clone();
+            let done = done_tx.clone();
+            tasks.spawn(async move {
+                let id = item.id.clone();
+                let finish = execute_item(&shared, &spec, item, lead).await;
+                // Hand over before forgetting it, so shutdown never releases a finished item.
+                let _ = done.send(finish);
+                shared.held().remove(&id);
+                drop(permit);
+            });
+        }
+    }
+
+    // Shutdown: nothing new is claimed; in-flight items get the grace period.
+    let grace = shared.config.shutdown_grace;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    drop(done_tx);
+    if let Err(e) = writer.await {
+        tracing::error!(error = %e, "the outcome writer ended abnormally");
+    }
+    let unfinished: Vec<String> = shared.held().drain().collect();
+    if !unfinished.is_empty() {
+        tracing::info!(items = unfinished.len(), "handing unfinished items back");
+        release(&shared, &unfinished).await;
+    }
+    heartbeat.abort();
+}
+
+async fn release(shared: &Shared, ids: &[String]) {
+    if let Err(e) = shared.store.release_items(&shared.worker_id, ids).await {
+        tracing::error!(error = %e, "handing items back failed; their leases will expire instead");
+    }
+    let mut held = shared.held();
+    for id in ids {
+        held.remove(id);
+    }
+}
+
+/// Load the runs (cached) and leads of a claimed batch.
+async fn load_context(
+    shared: &Shared,
+    claimed: &[ClaimedItem],
+    runs: &mut HashMap<String, Arc<RunSpec>>,
+) -> puffle_store::Result<HashMap<String, Lead>> {
+    let mut by_workspace: HashMap<String, Vec<String>> = HashMap::new();
+    for item in claimed {
+        if !runs.contains_key(&item.run_id) {
+            let run = shared.store.run_for_worker(&item.run_id).await?;
+            let enrichment = shared.catalog.get(&run.enrichment_slug).cloned();
+            runs.insert(item.run_id.clone(), Arc::new(RunSpec { run, enrichment }));
+        }
+        if let Some(spec) = runs.get(&item.run_id) {
+            by_workspace
+                .entry(spec.run.workspace_id.clone())
+                .or_default()
+                .push(item.lead_id.clone());
+        }
+    }
+    let mut leads = HashMap::new();
+    for (workspace, ids) in by_workspace {
+        for lead in shared.store.leads_by_id(&workspace, &ids).await? {
+            leads.insert(lead.id.clone(), lead);
+        }
+    }
+    Ok(leads)
+}
+
+async fn execute_item(
+    shared: &Shared,
+    spec: &RunSpec,
+    item: ClaimedItem,
+    lead: Option<Lead>,
+) -> Finish {
+    let run = &spec.run;
+    let finish = |outcome, executed| Finish {
+        item_id: item.id.clone(),
+        run_id: item.run_id.clone(),
+        outcome,
+        executed,
+        input_snapshot: None,
+        lead_snapshot: None,
+        raw_result: None,
+        provider: None,
+    };
+    let skip = |reason| finish(FinishOutcome::Skipped(reason), false);
+    let Some(lead) = lead else {
+        return skip(SkipReason::LeadDeleted);
+    };
+    if !run.subject.admits(lead.kind) {
+        return skip(SkipReason::SubjectMismatch);
+    }
+    let Some(enrichment) = &spec.enrichment else {
+        let message = format!(
+            "enrichment {} is no longer in this server's catalog",
+            run.enrichment_slug
+        );
+        return fail_run(shared, run, &message, skip(SkipReason::RunFailed)).await;
+    };
+    let has_value = |attrs: &serde_json::Map<String, serde_json::Value>| {
+        attrs.get(&run.attribute_key).is_some_and(|v| !v.is_null())
+    };
+    if run.write_policy == WritePolicy::FillEmpty
+        && run.output_target == OutputTarget::Lead
+        && has_value(&lead.attributes)
+    {
+        return skip(SkipReason::AlreadyHasValue);
+    }
+    let lead_snapshot = serde_json::to_value(&lead).ok();
+    let execution = match shared.executor.execute(enrichment, &lead, &run.input).await {
+        Ok(execution) => execution,
+        Err(RunFailure(message)) => {
+            return fail_run(shared, run, &message, skip(SkipReason::RunFailed)).await;
+        }
+    };
+    let attempt = u32::try_from(item.attempts + 1).unwrap_or(u32::MAX);
+    let (outcome, executed) = match execution.outcome {
+        Outcome::Hit(value) => {
+            let write = run.persist_results.then(|| AttributeWrite {
+                target: run.output_target,
+                workspace_id: run.workspace_id.clone(),
+                lead_id: lead.id.clone(),
+                membership_id: item.membership_id.clone(),
+                key: run.attribute_key.clone(),
+                value: value.clone(),
+            });
+            (
+                FinishOutcome::Completed {
+                    result: Some(value),
+                    write,
+                },
+                true,
+            )
+        }
+        Outcome::Miss => (
+            FinishOutcome::Completed {
+                result: None,
+                write: None,
+            },
+            true,
+        ),
+        Outcome::MissingInput => (FinishOutcome::Skipped(SkipReason::MissingInput), false),
+        Outcome::Fail(message) => (
+            FinishOutcome::Failed {
+                message,
+                details: None,
+            },
+            true,
+        ),
+        Outcome::Retry { message, .. } if attempt >= shared.config.max_attempts => (
+            FinishOutcome::Failed {
+                message: format!("Gave up after {attempt} attempts: {message}"),
+                details: None,
+            },
+            true,
+        ),
+        Outcome::Retry { after, message } => {
+            let delay = backoff(&shared.config, attempt, after);
+            (
+                FinishOutcome::Retry {
+                    due_at_ms: now_ms() + ms(delay),
+                    message,
+                },
+                true,
+            )
+        }
+    };
+    Finish {
+        input_snapshot: Some(execution.input_snapshot),
+        lead_snapshot,
+        raw_result: execution.raw,
+        provider: Some(execution.provider),
+        ..finish(outcome, executed)
+    }
+}
+
+/// The run cannot work at all: fail it (its pending items are skipped) and end this item.
+async fn fail_run(shared: &Shared, run: &Run, message: &str, item: Finish) -> Finish {
+    if let Err(e) = shared.store.fail_run(&run.id, message).await {
+        tracing::error!(error = %e, run = %run.id, "failing the run failed");
+    }
+    item
+}
+
+/// Exponential backoff with ±25% jitter, capped at `retry_max`, never sooner than Retry-After.
+fn backoff(config: &EngineConfig, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+    let exponential = config
+        .retry_base
+        .saturating_mul(factor)
+        .min(config.retry_max);
+    let jittered = exponential.mul_f64(rand::thread_rng().gen_range(0.75..1.25));
+    jittered.max(retry_after.unwrap_or_default())
+}
+
+/// Write outcomes in batches; a failed write is retried, then left to lease expiry.
+async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < FINISH_BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match shared
+                .store
+                .finish_items(&shared.worker_id, batch.clone(), now_ms())
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if tries < 5 => {
+                    tracing::warn!(error = %e, "recording outcomes failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, items = batch.len(),
+                        "recording outcomes failed; the items will run again when their leases expire");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn heartbeat(shared: Arc<Shared>) {
+    let every = (shared.config.lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        let until = now_ms() + ms(shared.config.lease);
+        if let Err(e) = shared.store.heartbeat(&shared.worker_id, until).await {
+            tracing::warn!(error = %e, "extending leases failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let config = EngineConfig {
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(1),
+            ..EngineConfig::default()
+        };
+        let first = backoff(&config, 1, None);
+        assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125));
+        let third = backoff(&config, 3, None);
+        assert!(third >= Duration::from_millis(300) && third <= Duration::from_millis(500));
+        assert!(backoff(&config, 30, None) <= Duration::from_millis(1250));
+        assert!(backoff(&config, 1, Some(Duration::from_secs(5))) >= Duration::from_secs(5));
+    }
+}
