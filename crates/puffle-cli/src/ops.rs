@@ -30,6 +30,55 @@ pub struct ServeArgs {
     /// Most rows one CSV import may hold.
     #[arg(long, env = "PUFFLE_MAX_CSV_ROWS", default_value_t = 100_000)]
     pub max_csv_rows: usize,
+    /// Serve the API only: run no worker pool in this process.
+    #[arg(long)]
+    pub no_worker: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Settings of the worker pool and of the providers it calls.
+#[derive(Args)]
+pub struct EngineArgs {
+    /// Items this process executes at once.
+    #[arg(long, env = "PUFFLE_WORKER_CONCURRENCY", default_value_t = 16)]
+    pub worker_concurrency: usize,
+    /// Executions per item before a retryable failure is final.
+    #[arg(long, env = "PUFFLE_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+    /// Seconds a claimed item stays leased without a heartbeat before another worker may take it.
+    #[arg(long, env = "PUFFLE_LEASE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub lease_seconds: u64,
+    /// Hosts custom_http may reach although they are loopback or private (comma-separated names or IPs).
+    #[arg(long, env = "PUFFLE_HTTP_ALLOW_HOSTS", value_delimiter = ',')]
+    pub http_allow_hosts: Vec<String>,
+    /// OpenAI-compatible endpoint for custom_ai (e.g. http://127.0.0.1:11434/v1).
+    #[arg(long, env = "PUFFLE_AI_BASE_URL")]
+    pub ai_base_url: Option<String>,
+    /// Default model for custom_ai.
+    #[arg(long, env = "PUFFLE_AI_MODEL")]
+    pub ai_model: Option<String>,
+}
+
+impl EngineArgs {
+    fn config(self) -> puffle_server::EngineConfig {
+        puffle_server::EngineConfig {
+            concurrency: self.worker_concurrency.max(1),
+            max_attempts: self.max_attempts,
+            lease: std::time::Duration::from_secs(self.lease_seconds),
+            http_allow_hosts: self
+                .http_allow_hosts
+                .into_iter()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            ai_base_url: self.ai_base_url.filter(|u| !u.is_empty()),
+            // The key is read from the environment only, so it never shows in a process list.
+            ai_api_key: std::env::var("PUFFLE_AI_API_KEY").ok().filter(|k| !k.is_empty()),
+            ai_model: self.ai_model.filter(|m| !m.is_empty()),
+            ..puffle_server::EngineConfig::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -97,6 +146,8 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     config.max_body_bytes = args.max_body_bytes;
     config.max_csv_rows = args.max_csv_rows;
     config.bootstrap_api_key = bootstrap_api_key;
+    config.run_worker = !args.no_worker;
+    config.engine = args.engine.config();
     let running = puffle_server::start(config).await?;
     let base = format!("http://{}", running.addr);
     if let Some(key) = &running.bootstrap_key {
