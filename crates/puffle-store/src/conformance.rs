@@ -33,6 +33,7 @@ async fn conformance(store: &dyn Store) {
     keys_authenticate_until_revoked(store).await;
     leads_dedupe_and_stay_in_their_workspace(store).await;
     list_membership_respects_lead_type(store).await;
+    runs::runs_claim_finish_and_count(store).await;
 }
 
 async fn bootstrap_happens_once(store: &dyn Store) {
@@ -181,4 +182,186 @@ async fn list_membership_respects_lead_type(store: &dyn Store) {
 #[tokio::test]
 async fn sqlite_conforms() {
     conformance(sqlite().await.as_ref()).await;
+}
+
+mod runs {
+    use puffle_domain::run::{ItemStatus, OutputTarget, RunMode, RunStatus, Subject, WritePolicy};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{Finish, FinishOutcome, ItemQuery, NewRun};
+
+    fn new_run(ws: &str, user: &str, targets: Vec<crate::ItemTarget>, credits: i64) -> NewRun {
+        NewRun {
+            workspace_id: ws.into(),
+            user_id: user.into(),
+            mode: RunMode::Persisted,
+            enrichment_slug: "company_domain".into(),
+            enrichment_snapshot: json!({}),
+            subject: Subject::Any,
+            scope_type: "explicit_leads".into(),
+            list_id: None,
+            scope_requested: json!({}),
+            targets,
+            output_target: OutputTarget::Lead,
+            attribute_key: "company_domain".into(),
+            write_policy: WritePolicy::Overwrite,
+            persist_results: true,
+            input: json!({}),
+            credit_action: "custom_http".into(),
+            cost_per_unit: 1,
+            total_credits: credits,
+            idempotency_key: Some("k1".into()),
+            display_request: None,
+        }
+    }
+
+    fn done(item: &crate::ClaimedItem, outcome: FinishOutcome) -> Finish {
+        Finish {
+            item_id: item.id.clone(),
+            run_id: item.run_id.clone(),
+            outcome,
+            executed: true,
+            input_snapshot: None,
+            lead_snapshot: None,
+            raw_result: None,
+            provider: Some("test".into()),
+        }
+    }
+
+    /// Charge once, claim under a lease, finish only while holding it, keep counts exact.
+    pub async fn runs_claim_finish_and_count(store: &dyn Store) {
+        let caller = store.authenticate(&key(3)).await.unwrap().unwrap();
+        let ws = caller.user.workspace_id.clone();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let (l, _) = store
+                .create_lead(
+                    &ws,
+                    lead(json!({"type": "company", "domain": format!("c{i}.io")})),
+                )
+                .await
+                .unwrap();
+            ids.push(l.id);
+        }
+        let targets = store.resolve_targets(&ws, Some(&ids), None).await.unwrap();
+        assert_eq!(targets.len(), 3);
+        let before = store.balance(&ws).await.unwrap();
+        let too_much = new_run(&ws, &caller.user.id, targets.clone(), before + 1);
+        assert!(matches!(
+            store.create_run(too_much).await,
+            Err(StoreError::InsufficientCredits { .. })
+        ));
+        let (run, reused) = store
+            .create_run(new_run(&ws, &caller.user.id, targets.clone(), 3))
+            .await
+            .unwrap();
+        assert!(!reused);
+        let (again, reused) = store
+            .create_run(new_run(&ws, &caller.user.id, targets, 3))
+            .await
+            .unwrap();
+        assert!(reused && again.id == run.id);
+        assert_eq!(store.balance(&ws).await.unwrap(), before - 3);
+
+        let claimed = store.claim_items("w1", 2, 1_000, 61_000).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(
+            store
+                .claim_items("w2", 10, 1_000, 61_000)
+                .await
+                .unwrap()
+                .len()
+                == 1
+        );
+        let run_now = store.run_for_worker(&run.id).await.unwrap();
+        assert_eq!(run_now.status, RunStatus::Running);
+        assert_eq!(run_now.counts.running, 3);
+
+        // A worker that lost its lease records nothing.
+        let stolen = done(
+            &claimed[0],
+            FinishOutcome::Completed {
+                result: Some(json!(1)),
+                write: None,
+            },
+        );
+        assert_eq!(
+            store.finish_items("w2", vec![stolen], 2_000).await.unwrap(),
+            0
+        );
+        let mine = claimed
+            .iter()
+            .map(|c| {
+                done(
+                    c,
+                    FinishOutcome::Completed {
+                        result: Some(json!({"domain": "x.io"})),
+                        write: None,
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(store.finish_items("w1", mine, 2_000).await.unwrap(), 2);
+        // The third item's lease expires: it is rescued, then finished by its new holder.
+        assert_eq!(store.rescue_expired(100_000).await.unwrap(), 1);
+        let again = store.claim_items("w3", 10, 100_000, 160_000).await.unwrap();
+        assert_eq!(again.len(), 1);
+        let retry = done(
+            &again[0],
+            FinishOutcome::Retry {
+                due_at_ms: 200_000,
+                message: "503".into(),
+            },
+        );
+        store
+            .finish_items("w3", vec![retry], 100_000)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim_items("w3", 10, 150_000, 210_000)
+                .await
+                .unwrap()
+                .is_empty(),
+            "not due yet"
+        );
+        let last = store.claim_items("w3", 10, 200_000, 260_000).await.unwrap();
+        assert_eq!(last[0].attempts, 1);
+        let failed = done(
+            &last[0],
+            FinishOutcome::Failed {
+                message: "nope".into(),
+                details: None,
+            },
+        );
+        store
+            .finish_items("w3", vec![failed], 200_000)
+            .await
+            .unwrap();
+
+        let finished = store.run(&ws, &caller.user.id, &run.id).await.unwrap();
+        assert_eq!(finished.status, RunStatus::Completed);
+        assert_eq!((finished.counts.completed, finished.counts.failed), (2, 1));
+        assert_eq!(finished.counts.total(), 3);
+        let query = ItemQuery {
+            status: Some(ItemStatus::Failed),
+            limit: 10,
+            ..ItemQuery::default()
+        };
+        let (items, more) = store.items(&run.id, &query).await.unwrap();
+        assert!(!more);
+        assert_eq!(items[0].attempts, 2);
+        assert!(matches!(
+            store.cancel_run(&ws, &caller.user.id, &run.id).await,
+            Err(StoreError::StateConflict {
+                reason: "run_not_cancellable",
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.run(&ws, "someone-else", &run.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
 }
