@@ -5,6 +5,7 @@ mod support;
 
 mod accounts;
 mod cli;
+mod cli_enrichment;
 mod credits;
 mod errors;
 mod import;

@@ -5,6 +5,7 @@
 //! serialized with camelCase names; flags left out are not sent.
 
 mod args;
+mod enrichment;
 mod http;
 mod output;
 
@@ -30,6 +31,8 @@ pub enum ClientCommand {
     Credit(CreditCommand),
     /// Show the calling user, their workspace and its credit balance (GET /api/account).
     Account(AccountCommand),
+    /// Show the enrichment catalog (GET /api/enrichments), or create, watch, read and cancel runs.
+    Enrichment(Box<enrichment::EnrichmentCommand>),
 }
 
 // ---------------------------------------------------------------- leads
@@ -349,6 +352,9 @@ pub struct AccountCommand {
 // ---------------------------------------------------------------- dispatch
 
 pub async fn run(cmd: ClientCommand) -> ExitCode {
+    if let ClientCommand::Enrichment(cmd) = cmd {
+        return enrichment::run(*cmd).await;
+    }
     let (global, call) = match plan(cmd) {
         Ok(planned) => planned,
         Err(fail) => return fail.report(),
@@ -424,6 +430,7 @@ fn plan(cmd: ClientCommand) -> Result<(Global, Call), Fail> {
             (global, call)
         }
         ClientCommand::Account(AccountCommand { global }) => (global, call(M::GET, &["account"])),
+        ClientCommand::Enrichment(_) => unreachable!("`run` hands these to enrichment::run"),
     })
 }
 

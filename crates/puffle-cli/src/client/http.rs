@@ -37,10 +37,11 @@ pub struct Global {
     base_url: String,
     /// Output: json (formatted), pretty, raw (body as received), table or csv (rows of leads, lists, items).
     #[arg(long, global = true, value_enum, default_value_t = Format::Json)]
-    format: Format,
+    pub(super) format: Format,
 }
 
-/// One API request: method, path below `/api`, query and body.
+/// One API request: method, path below `/api`, query and body. Commands that make several
+/// requests (paging, polling) send the same call again, changed with [`Call::set_query`].
 pub struct Call {
     method: Method,
     path: Vec<String>,
@@ -88,6 +89,13 @@ impl Call {
         self.payload = payload;
         self
     }
+
+    /// Set one query parameter, replacing any value it had.
+    pub fn set_query(mut self, key: &str, value: &str) -> Call {
+        self.query.retain(|(k, _)| k != key);
+        self.query.push((key.to_string(), value.to_string()));
+        self
+    }
 }
 
 /// Whether any field of these flags was given.
@@ -106,6 +114,9 @@ fn present_fields(value: &impl Serialize) -> impl Iterator<Item = (String, Value
 pub struct Fail {
     status: u8,
     message: String,
+    /// The same call may work if sent again later (no answer, 429, 502–504), after this delay
+    /// when the API named one (`Retry-After`).
+    retry: Option<Option<Duration>>,
 }
 
 impl Fail {
@@ -114,6 +125,7 @@ impl Fail {
         Fail {
             status: 2,
             message: message.into(),
+            retry: None,
         }
     }
 
@@ -122,7 +134,23 @@ impl Fail {
         Fail {
             status: 1,
             message: message.into(),
+            retry: None,
         }
+    }
+
+    fn transient(mut self, retry_after: Option<Duration>) -> Fail {
+        self.retry = Some(retry_after);
+        self
+    }
+
+    /// Whether sending the same call again later may succeed; `Some(delay)` when the API asked
+    /// for at least that delay.
+    pub fn retry(&self) -> Option<Option<Duration>> {
+        self.retry
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     pub fn report(self) -> ExitCode {
@@ -133,47 +161,89 @@ impl Fail {
 
 /// Send the call and print the response in the requested format.
 pub async fn execute(global: &Global, call: Call) -> Result<(), Fail> {
-    let key = global
-        .api_key
-        .as_deref()
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| Fail::usage("no API key: set PUFFLE_API_KEY or pass --api-key"))?;
-    let url = endpoint(&global.base_url, &call)?;
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .user_agent(concat!("puffle-cli/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Fail::failure(format!("cannot set up the HTTP client: {e}")))?;
-    let mut request = client.request(call.method, url.clone()).bearer_auth(key);
-    match call.payload {
-        Payload::None => {}
-        Payload::Json(body) => request = request.json(&body),
-        Payload::Csv(path) => {
-            request = request
-                .header(CONTENT_TYPE, "text/csv")
-                .body(csv_body(&path).await?)
-        }
-    }
-    let response = request.send().await.map_err(|e| {
-        if e.is_builder() {
-            Fail::usage(format!(
-                "cannot build the request (is the API key well-formed?): {}",
-                causes(&e)
-            ))
-        } else if e.is_body() {
-            Fail::failure(format!(
-                "sending the request body to {url} failed: {}",
-                causes(&e)
-            ))
-        } else {
-            Fail::failure(format!("could not reach {url}: {}", causes(&e)))
-        }
-    })?;
-    if !response.status().is_success() {
-        return Err(api_error(response).await);
-    }
+    let api = Api::new(global)?;
+    let response = api.send(&call).await?;
     output::write(global.format, response).await
+}
+
+/// What every call of one command shares: the key, the base URL and one HTTP client (so that
+/// commands making several calls reuse the connection).
+pub struct Api<'a> {
+    key: &'a str,
+    base_url: &'a str,
+    client: reqwest::Client,
+}
+
+impl<'a> Api<'a> {
+    pub fn new(global: &'a Global) -> Result<Api<'a>, Fail> {
+        let key = global
+            .api_key
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| Fail::usage("no API key: set PUFFLE_API_KEY or pass --api-key"))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("puffle-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Fail::failure(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Api {
+            key,
+            base_url: &global.base_url,
+            client,
+        })
+    }
+
+    /// Send the call; an answer other than 2xx is the API's error.
+    pub async fn send(&self, call: &Call) -> Result<reqwest::Response, Fail> {
+        let url = endpoint(self.base_url, call)?;
+        let mut request = self
+            .client
+            .request(call.method.clone(), url.clone())
+            .bearer_auth(self.key);
+        match &call.payload {
+            Payload::None => {}
+            Payload::Json(body) => request = request.json(body),
+            Payload::Csv(path) => {
+                request = request
+                    .header(CONTENT_TYPE, "text/csv")
+                    .body(csv_body(path).await?)
+            }
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_builder() {
+                Fail::usage(format!(
+                    "cannot build the request (is the API key well-formed?): {}",
+                    causes(&e)
+                ))
+            } else if e.is_body() {
+                Fail::failure(format!(
+                    "sending the request body to {url} failed: {}",
+                    causes(&e)
+                ))
+            } else {
+                Fail::failure(format!("could not reach {url}: {}", causes(&e))).transient(None)
+            }
+        })?;
+        if !response.status().is_success() {
+            return Err(api_error(response).await);
+        }
+        Ok(response)
+    }
+
+    /// Send the call and read its JSON answer: the body as received, and parsed.
+    pub async fn fetch(&self, call: &Call) -> Result<(Vec<u8>, Value), Fail> {
+        let response = self.send(call).await?;
+        let body = response.bytes().await.map_err(|e| {
+            Fail::failure(format!("reading the response failed: {e}")).transient(None)
+        })?;
+        let value = serde_json::from_slice(&body).map_err(|e| {
+            Fail::failure(format!(
+                "the API answered with something that is not JSON ({e})"
+            ))
+        })?;
+        Ok((body.to_vec(), value))
+    }
 }
 
 /// `<base>/api/<path…>?<query>`, whatever the base's trailing slash.
@@ -223,6 +293,7 @@ async fn api_error(response: reqwest::Response) -> Fail {
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let transient = matches!(status.as_u16(), 429 | 502 | 503 | 504);
     let text = response.text().await.unwrap_or_default();
     let mut details = vec![format!("HTTP {status}")];
     let headline = match serde_json::from_str::<Value>(&text) {
@@ -250,10 +321,19 @@ async fn api_error(response: reqwest::Response) -> Fail {
             }
         }
     };
+    let delay = retry_after
+        .as_deref()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     if let Some(seconds) = retry_after {
         details.push(format!("retry after {seconds}s"));
     }
-    Fail::failure(format!("{headline} ({})", details.join("; ")))
+    let fail = Fail::failure(format!("{headline} ({})", details.join("; ")));
+    if transient {
+        fail.transient(delay)
+    } else {
+        fail
+    }
 }
 
 /// A JSON value for a human: strings without quotes, the rest as compact JSON.
