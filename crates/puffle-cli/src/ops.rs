@@ -74,7 +74,9 @@ impl EngineArgs {
                 .collect(),
             ai_base_url: self.ai_base_url.filter(|u| !u.is_empty()),
             // The key is read from the environment only, so it never shows in a process list.
-            ai_api_key: std::env::var("PUFFLE_AI_API_KEY").ok().filter(|k| !k.is_empty()),
+            ai_api_key: std::env::var("PUFFLE_AI_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
             ai_model: self.ai_model.filter(|m| !m.is_empty()),
             ..puffle_server::EngineConfig::default()
         }
