@@ -61,6 +61,7 @@ impl WorkerPool {
             config,
             worker_id: format!("worker-{}", puffle_domain::new_id()),
             held: Mutex::new(HashSet::new()),
+            next_retry_ms: Mutex::new(None),
         });
         let task = tokio::spawn(run(shared, wake, rx));
         WorkerPool { shutdown, task }
@@ -83,11 +84,32 @@ struct Shared {
     worker_id: String,
     /// Items this worker holds whose outcome has not been handed to the writer yet.
     held: Mutex<HashSet<String>>,
+    /// The earliest time (unix ms) a retry this worker scheduled falls due, so an idle worker
+    /// wakes for it instead of waiting for the next poll.
+    next_retry_ms: Mutex<Option<i64>>,
 }
 
 impl Shared {
     fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn retry_scheduled(&self, due_ms: i64) {
+        let mut next = self.next_retry_ms.lock().unwrap_or_else(|p| p.into_inner());
+        *next = Some(next.map_or(due_ms, |n| n.min(due_ms)));
+    }
+
+    /// How long an idle worker may sleep: until the next retry it scheduled, at most `IDLE_POLL`.
+    fn idle_for(&self, now_ms: i64) -> Duration {
+        let mut next = self.next_retry_ms.lock().unwrap_or_else(|p| p.into_inner());
+        match *next {
+            Some(due) if due <= now_ms => {
+                *next = None;
+                Duration::ZERO
+            }
+            Some(due) => IDLE_POLL.min(Duration::from_millis((due - now_ms) as u64)),
+            None => IDLE_POLL,
+        }
     }
 }
 
@@ -146,7 +168,7 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
         if claimed.is_empty() {
             tokio::select! {
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = tokio::time::sleep(shared.idle_for(now_ms())) => {}
                 _ = shutdown.changed() => {}
             }
             continue;
@@ -334,14 +356,9 @@ async fn execute_item(
             true,
         ),
         Outcome::Retry { after, message } => {
-            let delay = backoff(&shared.config, attempt, after);
-            (
-                FinishOutcome::Retry {
-                    due_at_ms: now_ms() + ms(delay),
-                    message,
-                },
-                true,
-            )
+            let due_at_ms = now_ms() + ms(backoff(&shared.config, attempt, after));
+            shared.retry_scheduled(due_at_ms);
+            (FinishOutcome::Retry { due_at_ms, message }, true)
         }
     };
     Finish {
