@@ -4,7 +4,7 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Items executed at once by this process's worker pool (0: no worker in this process).
+    /// Items executed at once by this process's worker pool (at least 1).
     pub concurrency: usize,
     /// How long a claimed item stays leased without a heartbeat before another worker may take it.
     pub lease: Duration,

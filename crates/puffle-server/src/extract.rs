@@ -44,10 +44,25 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// Deserialize a JSON value, naming the field that does not fit.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    from_value_at(value, "")
+}
+
+/// Deserialize a JSON value found at `prefix` of the body, naming the field that does not fit
+/// by its full path (`scope.filter.limit`).
+pub fn from_value_at<T: DeserializeOwned>(
+    value: serde_json::Value,
+    prefix: &str,
+) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body" } else { path.as_str() };
-        ApiError::invalid(field, strip_position(&e.into_inner().to_string()))
+        let field = match (prefix, path.as_str()) {
+            ("", ".") => "body".to_string(),
+            ("", p) => p.to_string(),
+            (prefix, ".") => prefix.to_string(),
+            (prefix, p) if p.starts_with('[') => format!("{prefix}{p}"),
+            (prefix, p) => format!("{prefix}.{p}"),
+        };
+        ApiError::invalid(&field, strip_position(&e.into_inner().to_string()))
     })
 }
 

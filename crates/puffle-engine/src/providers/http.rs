@@ -460,6 +460,11 @@ async fn send(
         Err(e) => return (transport_failure(WHO, e, timeout), None),
     };
     let status = response.status();
+    let claims_json = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|ct| ct.to_str().ok())
+        .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
     let body = match read_body(&mut response, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(e) => return (transport_failure(WHO, e, timeout), None),
@@ -473,7 +478,7 @@ async fn send(
                 MAX_BODY_BYTES / (1024 * 1024)
             ))
         } else {
-            success_outcome(&body.bytes, result_pointer)
+            success_outcome(&body.bytes, result_pointer, claims_json)
         }
     } else if status == StatusCode::NOT_FOUND {
         Outcome::Miss
@@ -493,8 +498,9 @@ async fn send(
     (outcome, raw)
 }
 
-/// A 2xx body → hit or miss.
-fn success_outcome(body: &[u8], result_pointer: Option<&str>) -> Outcome {
+/// A 2xx body → hit or miss. An answer that is not the JSON it should be (it says it is JSON, or
+/// a `resultPointer` must be applied to it) is a bad provider answer: it fails at once.
+fn success_outcome(body: &[u8], result_pointer: Option<&str>, claims_json: bool) -> Outcome {
     match serde_json::from_slice::<Value>(body) {
         Ok(json) => {
             let found = match result_pointer {
@@ -506,8 +512,11 @@ fn success_outcome(body: &[u8], result_pointer: Option<&str>) -> Outcome {
                 _ => Outcome::Miss,
             }
         }
+        Err(_) if body.iter().all(u8::is_ascii_whitespace) => Outcome::Miss,
+        Err(e) if claims_json || result_pointer.is_some() => {
+            Outcome::Fail(format!("{WHO}'s answer is not valid JSON ({e})"))
+        }
         Err(_) => match std::str::from_utf8(body) {
-            Ok(text) if text.trim().is_empty() || result_pointer.is_some() => Outcome::Miss,
             Ok(text) => Outcome::Hit(Value::String(text.trim().to_string())),
             Err(_) => Outcome::Fail(format!("{WHO}'s answer is neither JSON nor UTF-8 text")),
         },

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use puffle_domain::is_id;
-use puffle_domain::run::{ItemStatus, OutputTarget, RunMode, Scope, WritePolicy};
+use puffle_domain::run::{Filter, ItemStatus, OutputTarget, RunMode, Scope, WritePolicy};
 use puffle_engine::catalog::Enrichment;
 use puffle_store::{Item, ItemQuery, ItemTarget, NewRun, Run};
 use serde::Deserialize;
@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::app::AppState;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{from_value, ApiJson, Params};
+use crate::extract::{from_value, from_value_at, ApiJson, Params};
 
 /// A preview run works on at most this many leads of its scope.
 const PREVIEW_LEADS: usize = 10;
@@ -51,12 +51,67 @@ async fn catalog(
 struct CreateRun {
     enrichment_id: String,
     mode: Option<RunMode>,
-    scope: Scope,
+    /// Parsed by [`parse_scope`], which names the offending field inside it.
+    scope: Value,
     input: Option<Map<String, Value>>,
     output: Option<OutputSpec>,
     write_policy: Option<WritePolicy>,
-    display_request: Option<Value>,
+    display_request: Option<Map<String, Value>>,
     idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExplicitScope {
+    lead_ids: Vec<String>,
+    list_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListScope {
+    list_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FilteredScope {
+    list_id: String,
+    filter: Filter,
+}
+
+/// The scope, with errors naming the field inside it (`scope.filter.where[0].op`).
+fn parse_scope(scope: &Value) -> ApiResult<Scope> {
+    let kind = scope
+        .get("type")
+        .ok_or_else(|| ApiError::invalid("scope.type", "is required"))?;
+    let kinds = "explicit_leads, list, filtered_list";
+    Ok(match kind.as_str() {
+        Some("explicit_leads") => {
+            let s: ExplicitScope = from_value_at(scope.clone(), "scope")?;
+            Scope::ExplicitLeads {
+                lead_ids: s.lead_ids,
+                list_id: s.list_id,
+            }
+        }
+        Some("list") => {
+            let s: ListScope = from_value_at(scope.clone(), "scope")?;
+            Scope::List { list_id: s.list_id }
+        }
+        Some("filtered_list") => {
+            let s: FilteredScope = from_value_at(scope.clone(), "scope")?;
+            Scope::FilteredList {
+                list_id: s.list_id,
+                filter: s.filter,
+            }
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "scope.type",
+                format!("must be one of {kinds}, got {kind}"),
+            ))
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -99,6 +154,7 @@ async fn create_run(
         }
     }
     let request: CreateRun = from_value(body)?;
+    let scope = parse_scope(&request.scope)?;
     let enrichment = state
         .catalog
         .get(&request.enrichment_id)
@@ -152,7 +208,7 @@ async fn create_run(
         Some(t) => t,
         None => OutputTarget::Lead,
     };
-    if target == OutputTarget::Membership && request.scope.list_id().is_none() {
+    if target == OutputTarget::Membership && scope.list_id().is_none() {
         return Err(ApiError::invalid(
             "output.target",
             "membership output needs a scope with a listId",
@@ -178,7 +234,7 @@ async fn create_run(
         None => enrichment.default_output_attribute_key.clone(),
     };
 
-    let mut targets = resolve_scope(&state, auth.workspace(), &request.scope).await?;
+    let mut targets = resolve_scope(&state, auth.workspace(), &scope).await?;
     let mode = request.mode.unwrap_or(RunMode::Persisted);
     if mode == RunMode::Preview {
         targets.truncate(PREVIEW_LEADS);
@@ -190,8 +246,6 @@ async fn create_run(
             .checked_mul(targets.len() as i64)
             .ok_or_else(|| ApiError::invalid("scope", "is too large to price"))?,
     };
-    let scope_requested = serde_json::to_value(&request.scope)
-        .map_err(|e| ApiError::Internal(format!("scope does not serialize: {e}")))?;
     let snapshot = serde_json::to_value(&enrichment)
         .map_err(|e| ApiError::Internal(format!("catalog entry does not serialize: {e}")))?;
     let run = NewRun {
@@ -201,9 +255,9 @@ async fn create_run(
         enrichment_slug: enrichment.slug.clone(),
         enrichment_snapshot: snapshot,
         subject: enrichment.subject,
-        scope_type: request.scope.type_name().to_string(),
-        list_id: request.scope.list_id().map(str::to_string),
-        scope_requested,
+        scope_type: scope.type_name().to_string(),
+        list_id: scope.list_id().map(str::to_string),
+        scope_requested: request.scope,
         targets,
         output_target: target,
         attribute_key,
@@ -214,7 +268,7 @@ async fn create_run(
         cost_per_unit,
         total_credits,
         idempotency_key: request.idempotency_key.filter(|k| !k.is_empty()),
-        display_request: request.display_request,
+        display_request: request.display_request.map(Value::Object),
     };
     let (run, reused) = state.store.create_run(run).await?;
     if !reused {
