@@ -164,7 +164,6 @@ async fn a_2xx_with_nothing_at_the_pointer_and_a_404_are_misses() {
         ("/person", json!("/data/email/deeper")),
         ("/null", Value::Null),
         ("/empty", Value::Null),
-        ("/text", json!("/x")),
         ("/status/404", Value::Null),
         ("/status/204", Value::Null),
     ] {
@@ -175,6 +174,17 @@ async fn a_2xx_with_nothing_at_the_pointer_and_a_404_are_misses() {
         .await;
         assert_eq!(ex.outcome, Outcome::Miss, "{path} {pointer}");
     }
+    // A pointer cannot apply to a text answer: a bad answer, not a miss.
+    let ex = run(
+        &policy,
+        json!({"url": format!("{base}/text"), "resultPointer": "/x"}),
+    )
+    .await;
+    assert!(
+        matches!(ex.outcome, Outcome::Fail(ref m) if m.contains("not valid JSON")),
+        "{:?}",
+        ex.outcome
+    );
 }
 
 #[tokio::test]
