@@ -341,25 +341,16 @@ async fn save_lead(
     fields: &LeadFields,
     attributes: &Map<String, Value>,
 ) -> Result<String> {
-    let s: SearchText = fields.search_text();
     let now = now_timestamp();
-    sqlx::query(
+    let q = sqlx::query(
         "UPDATE leads SET fields = ?, attributes = ?, s_name = ?, s_title = ?, s_company = ?, \
          s_domain = ?, s_industry = ?, s_location = ?, s_emails = ?, updated_at = ? WHERE id = ?",
-    )
-    .bind(serde_json::to_string(fields)?)
-    .bind(serde_json::to_string(attributes)?)
-    .bind(s.name)
-    .bind(s.title)
-    .bind(s.company)
-    .bind(s.domain)
-    .bind(s.industry)
-    .bind(s.location)
-    .bind(s.emails)
-    .bind(&now)
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
+    );
+    bind_lead_data(q, fields, attributes)?
+        .bind(&now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     Ok(now)
 }
 
@@ -371,30 +362,41 @@ async fn insert_lead(
     fields: &LeadFields,
     attributes: &Map<String, Value>,
 ) -> Result<()> {
-    let s: SearchText = fields.search_text();
     let now = now_timestamp();
-    sqlx::query(
+    let q = sqlx::query(
         "INSERT INTO leads (id, workspace_id, type, fields, attributes, s_name, s_title, \
          s_company, s_domain, s_industry, s_location, s_emails, created_at, updated_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id)
     .bind(workspace)
-    .bind(kind.as_str())
-    .bind(serde_json::to_string(fields)?)
-    .bind(serde_json::to_string(attributes)?)
-    .bind(s.name)
-    .bind(s.title)
-    .bind(s.company)
-    .bind(s.domain)
-    .bind(s.industry)
-    .bind(s.location)
-    .bind(s.emails)
-    .bind(&now)
-    .bind(&now)
-    .execute(&mut *conn)
-    .await?;
+    .bind(kind.as_str());
+    bind_lead_data(q, fields, attributes)?
+        .bind(&now)
+        .bind(&now)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Bind a lead's stored data in column order: fields, attributes, then the seven search columns.
+fn bind_lead_data<'q>(
+    q: SqliteQuery<'q>,
+    fields: &LeadFields,
+    attributes: &Map<String, Value>,
+) -> Result<SqliteQuery<'q>> {
+    let s: SearchText = fields.search_text();
+    Ok(q.bind(serde_json::to_string(fields)?)
+        .bind(serde_json::to_string(attributes)?)
+        .bind(s.name)
+        .bind(s.title)
+        .bind(s.company)
+        .bind(s.domain)
+        .bind(s.industry)
+        .bind(s.location)
+        .bind(s.emails))
 }
 
 /// Claim `keys` for `lead_id`; keys another lead already holds stay with it.
