@@ -18,7 +18,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::catalog::{Catalog, Enrichment};
+use crate::catalog::{Binding, Catalog, Enrichment};
 use crate::executor::{Executor, RunFailure};
 use crate::{EngineConfig, Outcome};
 
@@ -129,6 +129,8 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
     let mut last_rescue: Option<tokio::time::Instant> = None;
     let mut runs: HashMap<String, Arc<RunSpec>> = HashMap::new();
     let mut tasks = JoinSet::new();
+    let half_the_slots = (shared.config.concurrency / 2).max(1);
+    let mut last_batch_inline = false;
 
     while !*shutdown.borrow() {
         while tasks.try_join_next().is_some() {}
@@ -140,19 +142,27 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
                 Err(e) => tracing::error!(error = %e, "rescuing expired leases failed"),
             }
         }
+        // Claim when half the slots are free, not one slot at a time: one claim per item would
+        // cost a write transaction per item.
         let free = slots.available_permits();
-        if free == 0 {
+        if free < half_the_slots && !tasks.is_empty() {
             tokio::select! {
                 _ = tasks.join_next() => {}
                 _ = shutdown.changed() => {}
             }
             continue;
         }
+        // Built-ins run inline and hold no slot, so a batch of them may be as large as a claim.
+        let want = if last_batch_inline {
+            CLAIM_BATCH
+        } else {
+            free.min(CLAIM_BATCH)
+        };
         let now = now_ms();
         let lease_until = now + ms(shared.config.lease);
         let claimed = match shared
             .store
-            .claim_items(&shared.worker_id, free.min(CLAIM_BATCH), now, lease_until)
+            .claim_items(&shared.worker_id, want, now, lease_until)
             .await
         {
             Ok(items) => items,
@@ -186,11 +196,25 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
                 continue;
             }
         };
+        last_batch_inline = true;
         for item in claimed {
             let Some(spec) = runs.get(&item.run_id).cloned() else {
                 continue;
             };
             let lead = leads.get(&item.lead_id).cloned();
+            // Built-ins are pure CPU work of microseconds: run them here, without a task.
+            if spec
+                .enrichment
+                .as_ref()
+                .is_some_and(|e| e.binding == Binding::Builtin)
+            {
+                let id = item.id.clone();
+                let finish = execute_item(&shared, &spec, item, lead).await;
+                let _ = done_tx.send(finish);
+                shared.held().remove(&id);
+                continue;
+            }
+            last_batch_inline = false;
             let permit = match slots.clone().acquire_owned().await {
                 Ok(p) => p,
                 Err(_) => break,
