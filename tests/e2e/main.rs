@@ -16,3 +16,4 @@ mod import;
 mod leads;
 mod lists;
 mod service;
+mod worker_process;

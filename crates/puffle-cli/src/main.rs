@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the API server (opens or creates the database, migrates, bootstraps an empty one).
     Serve(ops::ServeArgs),
+    /// Run a worker pool alone (no HTTP API) against the database.
+    Worker(ops::WorkerArgs),
     /// Apply database migrations and exit.
     Migrate(ops::DatabaseArgs),
     /// Operator commands that talk to the database directly.
@@ -36,6 +38,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => ops::serve(args).await,
+        Command::Worker(args) => ops::worker(args).await,
         Command::Migrate(args) => ops::migrate(args).await,
         Command::Admin(cmd) => ops::admin(cmd).await,
         Command::Client(cmd) => client::run(cmd).await,

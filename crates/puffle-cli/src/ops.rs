@@ -83,6 +83,14 @@ impl EngineArgs {
     }
 }
 
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
 #[derive(Subcommand)]
 pub enum AdminCommand {
     /// Create a user (and, without --workspace-id, a workspace of their own); prints the new API key.
@@ -186,6 +194,26 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+pub async fn worker(args: WorkerArgs) -> ExitCode {
+    init_logging();
+    finish(
+        async {
+            let store = open(&args.db).await?;
+            let engine = args.engine.config();
+            let catalog = std::sync::Arc::new(puffle_server::Catalog::new(&engine));
+            // Runs created by other processes are found by the worker's poll.
+            let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+            let pool = puffle_server::WorkerPool::start(store, catalog, engine, wake);
+            eprintln!("Puffle worker running on {}", args.db.database_url);
+            shutdown_signal().await;
+            eprintln!("Shutting down: finishing or handing back in-flight items…");
+            pool.shutdown().await;
+            Ok(())
+        }
+        .await,
+    )
 }
 
 async fn open(db: &DatabaseArgs) -> anyhow::Result<std::sync::Arc<dyn Store>> {

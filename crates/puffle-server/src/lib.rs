@@ -8,4 +8,4 @@ mod openapi;
 mod routes;
 
 pub use app::{new_api_key, start, Config, Running};
-pub use puffle_engine::EngineConfig;
+pub use puffle_engine::{Catalog, EngineConfig, WorkerPool};
