@@ -22,7 +22,7 @@ async fn a_worker_process_runs_what_an_api_only_server_accepts() {
         "no worker runs in the API process"
     );
 
-    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_puffle"))
+    let worker = std::process::Command::new(env!("CARGO_BIN_EXE_puffle"))
         .args(["worker", "--database-url", &app.database_url])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

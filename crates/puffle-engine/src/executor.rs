@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::catalog::{Binding, Enrichment};
 use crate::providers::ai::AiConfig;
-use crate::providers::http::HttpPolicy;
+use crate::providers::http::{GuardedClient, HttpPolicy};
 use crate::providers::{self, Execution};
 use crate::{builtins, EngineConfig, Outcome};
 
@@ -15,8 +15,11 @@ pub struct RunFailure(pub String);
 
 /// Executes enrichments; one per process, shared by every worker task.
 pub struct Executor {
+    /// `custom_ai`'s client (its endpoint is the operator's, not the user's).
     client: reqwest::Client,
-    http_policy: HttpPolicy,
+    /// `custom_http`'s client, shared by every item so that connections are reused; or why it
+    /// could not be built.
+    http: Result<GuardedClient, String>,
     ai: Option<AiConfig>,
 }
 
@@ -24,9 +27,7 @@ impl Executor {
     pub fn new(config: &EngineConfig) -> Executor {
         Executor {
             client: reqwest::Client::new(),
-            http_policy: HttpPolicy {
-                allow_hosts: config.http_allow_hosts.clone(),
-            },
+            http: GuardedClient::new(HttpPolicy::from_engine(config)),
             ai: AiConfig::from_engine(config),
         }
     }
@@ -52,9 +53,10 @@ impl Executor {
                     provider: enrichment.slug.clone(),
                 })
             }
-            Binding::Http => {
-                Ok(providers::http::execute(&self.client, &self.http_policy, lead, input).await)
-            }
+            Binding::Http => match &self.http {
+                Ok(client) => Ok(providers::http::execute(client, lead, input).await),
+                Err(message) => Err(RunFailure(message.clone())),
+            },
             Binding::Ai => match &self.ai {
                 Some(ai) => Ok(providers::ai::execute(&self.client, ai, lead, input).await),
                 None => Err(RunFailure(

@@ -11,18 +11,24 @@
 //!   transport failures → retry (with the `Retry-After` asked for). Anything else fails, naming
 //!   the status.
 //!
-//! **Destinations.** A user-controlled URL must not reach the server's own network. Before
-//! connecting, the host is resolved and the request refused if any address is loopback,
-//! private, link-local, unspecified, CGNAT, broadcast, multicast or reserved (including those
-//! embedded in IPv4-mapped/compatible, NAT64 and 6to4 IPv6 addresses), unless the host is in
-//! [`HttpPolicy::allow_hosts`]. The request then goes out on a client of its own whose resolver
-//! answers only the addresses just checked (no second lookup a rebinding DNS server could answer
-//! differently), that uses no proxy, and that **does not follow redirects**: a 3xx answer fails
-//! like any other non-2xx status (re-checking each hop would be the alternative; refusing is
-//! simpler and cannot be got wrong). The shared `client` is not used for this reason.
+//! **Destinations.** A user-controlled URL must not reach the server's own network. Requests go
+//! out on a [`GuardedClient`] (one per executor, its connections pooled), whose resolver looks
+//! the host up and refuses it if any address is loopback, private, link-local, unspecified,
+//! CGNAT, broadcast, multicast or reserved (including those embedded in IPv4-mapped/compatible,
+//! NAT64 and 6to4 IPv6 addresses), unless the host is in [`HttpPolicy::allow_hosts`]. The
+//! connection then goes only to the addresses that lookup answered: there is no second lookup a
+//! rebinding DNS server could answer differently, and a pooled connection is only reused for the
+//! host it was opened (and checked) for. An IP-literal host is never looked up, so it is checked
+//! before sending. The client uses no proxy and **does not follow redirects**: a 3xx answer
+//! fails like any other non-2xx status (re-checking each hop would be the alternative; refusing
+//! is simpler and cannot be got wrong).
 
 use std::{
+    fmt,
+    future::Future,
+    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    pin::Pin,
     sync::Arc,
     time::Duration,
 };
@@ -97,6 +103,179 @@ impl HttpPolicy {
             }
         })
     }
+}
+
+/// The client `custom_http` sends with: built once (per executor) from an [`HttpPolicy`], its
+/// resolver refusing forbidden destinations (see the module documentation). Cloning it shares
+/// the connection pool.
+#[derive(Clone)]
+pub struct GuardedClient {
+    client: reqwest::Client,
+    policy: Arc<HttpPolicy>,
+}
+
+impl fmt::Debug for GuardedClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardedClient")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuardedClient {
+    /// Fails (saying why) only when the TLS backend cannot be set up.
+    pub fn new(policy: HttpPolicy) -> Result<GuardedClient, String> {
+        GuardedClient::with_lookup(policy, system_lookup)
+            .map_err(|e| format!("could not set up the HTTP client: {}", error_chain(e)))
+    }
+
+    /// A client whose resolver looks names up with `lookup` (tests answer names of their own).
+    fn with_lookup(policy: HttpPolicy, lookup: Lookup) -> Result<GuardedClient, reqwest::Error> {
+        let policy = Arc::new(policy);
+        let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+                lookup,
+            }))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("puffle/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(GuardedClient { client, policy })
+    }
+
+    pub fn policy(&self) -> &HttpPolicy {
+        &self.policy
+    }
+}
+
+/// Looks a host name up: its addresses (ports are the URL's, set by the connector).
+type Lookup = fn(String) -> LookupFuture;
+type LookupFuture = Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>>;
+
+fn system_lookup(host: String) -> LookupFuture {
+    Box::pin(async move {
+        let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+        Ok(found.map(|a| a.ip()).collect())
+    })
+}
+
+/// The resolver of a [`GuardedClient`]: looks the name up once and answers the addresses only if
+/// the destination check passes them. The connector connects to exactly what it answers.
+struct GuardedResolver {
+    policy: Arc<HttpPolicy>,
+    lookup: Lookup,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        let policy = self.policy.clone();
+        let lookup = (self.lookup)(host.clone());
+        Box::pin(async move {
+            // Errors are returned as the types themselves (not boxed twice): `send_failure`
+            // finds them by type.
+            let ips = match lookup.await {
+                Ok(ips) if !ips.is_empty() => ips,
+                Ok(_) => {
+                    let reason = "no address".to_string();
+                    return Err(Unresolved { host, reason }.into());
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    return Err(Unresolved { host, reason }.into());
+                }
+            };
+            check_destination(&policy, &host, &ips)?;
+            let addrs: reqwest::dns::Addrs =
+                Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
+            Ok(addrs)
+        })
+    }
+}
+
+/// A destination the policy refuses: `host` is, or resolves to, `ip`, a `kind` address. Its
+/// text is the item's failure message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refused {
+    host: String,
+    ip: IpAddr,
+    kind: &'static str,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Refused { host, ip, kind } = self;
+        if host.trim_matches(['[', ']']) == ip.to_string() {
+            write!(
+                f,
+                "the destination {host} is not allowed: it is a {kind} address"
+            )?;
+        } else {
+            write!(
+                f,
+                "the destination {host} is not allowed: it resolves to {ip}, a {kind} address"
+            )?;
+        }
+        f.write_str(" (an operator can list the host in PUFFLE_HTTP_ALLOW_HOSTS)")
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// A host name that did not resolve (retryable: DNS may answer later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Unresolved {
+    host: String,
+    reason: String,
+}
+
+impl fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "could not resolve {}: {}", self.host, self.reason)
+    }
+}
+
+impl std::error::Error for Unresolved {}
+
+/// Refuse `host` if one of its addresses is forbidden, unless the policy lists it.
+fn check_destination(policy: &HttpPolicy, host: &str, ips: &[IpAddr]) -> Result<(), Refused> {
+    if policy.allows(host) {
+        return Ok(());
+    }
+    match ips
+        .iter()
+        .find_map(|&ip| forbidden_kind(ip).map(|kind| (ip, kind)))
+    {
+        Some((ip, kind)) => Err(Refused {
+            host: host.to_string(),
+            ip,
+            kind,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The first error of type `T` in `e`'s source chain (looking inside `io::Error`s too, whose
+/// `source` skips the error they wrap).
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        let wrapped = err
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<T>());
+        if wrapped.is_some() {
+            return wrapped;
+        }
+        current = err.source();
+    }
+    None
 }
 
 /// The input, checked; templates not yet rendered.
@@ -255,14 +434,8 @@ fn is_json_pointer(p: &str) -> bool {
 /// Execute `custom_http` for one lead. `input` is the run's input (already checked by
 /// [`validate_input`] at run creation; checked again here).
 ///
-/// `_client` is unused: every request goes out on a client of its own, pinned to the addresses
-/// that passed the destination check and with redirects off (see the module documentation).
-pub async fn execute(
-    _client: &reqwest::Client,
-    policy: &HttpPolicy,
-    lead: &Lead,
-    input: &Value,
-) -> Execution {
+/// `client` carries the destination policy (see the module documentation).
+pub async fn execute(client: &GuardedClient, lead: &Lead, input: &Value) -> Execution {
     let done = |outcome, input_snapshot, raw| Execution {
         outcome,
         input_snapshot,
@@ -360,7 +533,7 @@ pub async fn execute(
     }
 
     let call = send(
-        policy,
+        client,
         url,
         req.method,
         header_map,
@@ -381,9 +554,10 @@ pub async fn execute(
     done(outcome, snapshot, raw)
 }
 
-/// Check the destination, send, and read the answer into an outcome and `raw`.
+/// Check an IP-literal destination, send, and read the answer into an outcome and `raw`. (A
+/// host name is checked by the client's resolver.)
 async fn send(
-    policy: &HttpPolicy,
+    client: &GuardedClient,
     url: Url,
     method: Method,
     headers: reqwest::header::HeaderMap,
@@ -392,72 +566,34 @@ async fn send(
     timeout: Duration,
 ) -> (Outcome, Option<Value>) {
     let fail = |m: String| (Outcome::Fail(m), None);
-    let retry = |m: String| {
-        (
-            Outcome::Retry {
-                after: None,
-                message: m,
-            },
-            None,
-        )
-    };
-    let (Some(host), Some(port)) = (url.host(), url.port_or_known_default()) else {
+    let (Some(host), Some(_)) = (url.host(), url.port_or_known_default()) else {
         return fail("the URL built from the lead has no host".into());
     };
-    let host_text = url.host_str().unwrap_or_default().to_string();
-    let addrs: Vec<SocketAddr> = match host {
-        url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
-        url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
-        url::Host::Domain(name) => match tokio::net::lookup_host((name, port)).await {
-            Ok(found) => found.collect(),
-            Err(e) => return retry(format!("could not resolve {host_text}: {e}")),
-        },
+    // The connector does not resolve an IP literal (nor anything that parses as one): check it
+    // here.
+    let literal = match host {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(name) => name.parse::<IpAddr>().ok(),
     };
-    if addrs.is_empty() {
-        return retry(format!("could not resolve {host_text}: no address"));
-    }
-    if !policy.allows(&host_text) {
-        if let Some((ip, kind)) = addrs
-            .iter()
-            .find_map(|a| forbidden_kind(a.ip()).map(|k| (a.ip(), k)))
-        {
-            let message = if host_text.trim_matches(['[', ']']) == ip.to_string() {
-                format!("the destination {host_text} is not allowed: it is a {kind} address")
-            } else {
-                format!(
-                    "the destination {host_text} is not allowed: it resolves to {ip}, a {kind} address"
-                )
-            };
-            return fail(format!(
-                "{message} (an operator can list the host in PUFFLE_HTTP_ALLOW_HOSTS)"
-            ));
+    if let Some(ip) = literal {
+        let host_text = url.host_str().unwrap_or_default();
+        if let Err(refused) = check_destination(client.policy(), host_text, &[ip]) {
+            return fail(refused.to_string());
         }
     }
 
-    let client = match reqwest::Client::builder()
-        .dns_resolver(Arc::new(Pinned(addrs)))
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(timeout)
-        .pool_max_idle_per_host(0)
-        .user_agent(concat!("puffle/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            return fail(format!(
-                "could not set up the HTTP client: {}",
-                error_chain(e)
-            ))
-        }
-    };
-    let mut request = client.request(method, url).headers(headers);
+    let mut request = client
+        .client
+        .request(method, url)
+        .headers(headers)
+        .timeout(timeout);
     if let Some(body) = body {
         request = request.body(body);
     }
     let mut response = match request.send().await {
         Ok(r) => r,
-        Err(e) => return (transport_failure(WHO, e, timeout), None),
+        Err(e) => return (send_failure(e, timeout), None),
     };
     let status = response.status();
     let claims_json = response
@@ -523,18 +659,19 @@ fn success_outcome(body: &[u8], result_pointer: Option<&str>, claims_json: bool)
     }
 }
 
-/// A resolver that answers the checked addresses, whatever the name: the connection goes where
-/// the destination check looked.
-struct Pinned(Vec<SocketAddr>);
-
-impl reqwest::dns::Resolve for Pinned {
-    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let addrs = self.0.clone();
-        Box::pin(async move {
-            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
-            Ok(addrs)
-        })
+/// The outcome of a request that got no answer: the resolver's refusal fails (the item will
+/// never be allowed), a lookup failure and transport failures are retried.
+fn send_failure(e: reqwest::Error, timeout: Duration) -> Outcome {
+    if let Some(refused) = find_cause::<Refused>(&e) {
+        return Outcome::Fail(refused.to_string());
     }
+    if let Some(unresolved) = find_cause::<Unresolved>(&e) {
+        return Outcome::Retry {
+            after: None,
+            message: unresolved.to_string(),
+        };
+    }
+    transport_failure(WHO, e, timeout)
 }
 
 /// Why `ip` may not be reached without an allow-list entry, or `None` for a public address.

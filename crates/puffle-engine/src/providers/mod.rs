@@ -209,17 +209,13 @@ pub(crate) mod test_support {
 #[allow(dead_code)]
 fn executions_are_send(
     client: &reqwest::Client,
+    http_client: &http::GuardedClient,
     lead: &puffle_domain::lead::Lead,
     ai: &ai::AiConfig,
 ) {
     fn send<T: Send>(_: T) {}
     let input = Value::Null;
-    send(http::execute(
-        client,
-        &http::HttpPolicy::default(),
-        lead,
-        &input,
-    ));
+    send(http::execute(http_client, lead, &input));
     send(ai::execute(client, ai, lead, &input));
 }
 

@@ -1,4 +1,5 @@
 use std::{
+    io,
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -35,8 +36,12 @@ fn allow(hosts: &[&str]) -> HttpPolicy {
     }
 }
 
+fn client(policy: &HttpPolicy) -> GuardedClient {
+    GuardedClient::new(policy.clone()).expect("the HTTP client")
+}
+
 async fn run(policy: &HttpPolicy, input: Value) -> Execution {
-    execute(&reqwest::Client::new(), policy, &ann(), &input).await
+    execute(&client(policy), &ann(), &input).await
 }
 
 async fn echo(req: Request) -> Json<Value> {
@@ -487,24 +492,142 @@ async fn private_destinations_are_refused_unless_allowed() {
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
+/// Names for [`the_connection_goes_where_the_checked_lookup_pointed`], counting lookups.
+static FAKE_LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+
+fn fake_lookup(host: String) -> LookupFuture {
+    FAKE_LOOKUPS.fetch_add(1, Ordering::SeqCst);
+    let ips = |list: &[&str]| list.iter().map(|ip| ip.parse().unwrap()).collect();
+    let answer = match host.as_str() {
+        "provider.invalid" => Ok(ips(&["127.0.0.1"])),
+        "mixed.invalid" => Ok(ips(&["93.184.216.34", "10.0.0.1"])),
+        "nowhere.invalid" => Ok(vec![]),
+        _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such host")),
+    };
+    Box::pin(async move { answer })
+}
+
 #[tokio::test]
-async fn the_pinned_resolver_answers_the_checked_addresses_for_any_name() {
+async fn the_connection_goes_where_the_checked_lookup_pointed() {
     let (base, hits) = loopback().await;
-    let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
-    let client = reqwest::Client::builder()
-        .dns_resolver(Arc::new(Pinned(vec![addr])))
-        .no_proxy()
-        .build()
-        .unwrap();
-    // `.invalid` never resolves (RFC 6761): reaching the server proves no real lookup happened.
-    let url = format!("http://provider.invalid:{}/person", addr.port());
-    let response = client
-        .get(url)
-        .send()
+    let port = base.rsplit(':').next().unwrap().to_string();
+    let url = |host: &str| json!({"url": format!("http://{host}:{port}/person")});
+    // `.invalid` never resolves (RFC 6761): reaching the server proves the connection went to
+    // what the checked lookup answered, and one lookup served both requests.
+    let listed = GuardedClient::with_lookup(allow(&["provider.invalid"]), fake_lookup).unwrap();
+    for _ in 0..2 {
+        let ex = execute(&listed, &ann(), &url("provider.invalid")).await;
+        assert!(matches!(ex.outcome, Outcome::Hit(_)), "{:?}", ex.outcome);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    assert_eq!(FAKE_LOOKUPS.load(Ordering::SeqCst), 1);
+
+    let unlisted = GuardedClient::with_lookup(HttpPolicy::default(), fake_lookup).unwrap();
+    let note = "(an operator can list the host in PUFFLE_HTTP_ALLOW_HOSTS)";
+    for (host, outcome) in [
+        (
+            "provider.invalid",
+            Outcome::Fail(format!(
+                "the destination provider.invalid is not allowed: it resolves to 127.0.0.1, a \
+                 loopback address {note}"
+            )),
+        ),
+        // One forbidden address among public ones is enough.
+        (
+            "mixed.invalid",
+            Outcome::Fail(format!(
+                "the destination mixed.invalid is not allowed: it resolves to 10.0.0.1, a \
+                 private address {note}"
+            )),
+        ),
+        // A failed lookup may succeed later.
+        (
+            "nowhere.invalid",
+            Outcome::Retry {
+                after: None,
+                message: "could not resolve nowhere.invalid: no address".into(),
+            },
+        ),
+        (
+            "unknown.invalid",
+            Outcome::Retry {
+                after: None,
+                message: "could not resolve unknown.invalid: no such host".into(),
+            },
+        ),
+    ] {
+        let ex = execute(&unlisted, &ann(), &url(host)).await;
+        assert_eq!(ex.outcome, outcome, "{host}");
+        assert_eq!(ex.raw, None, "{host}");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "a refused request reached the server"
+    );
+}
+
+/// Serve `app` on 127.0.0.1, counting the TCP connections accepted.
+async fn serve_counting(app: Router) -> (SocketAddr, Arc<AtomicUsize>) {
+    use axum::serve::ListenerExt;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("sent to the pinned address");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let listener = listener.tap_io(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn requests_to_one_provider_reuse_a_connection() {
+    let app = Router::new().route("/person", get(|| async { Json(json!({"n": 1})) }));
+    let (addr, connections) = serve_counting(app).await;
+    let client = client(&allow(&["127.0.0.1"]));
+    let input = json!({"url": format!("http://{addr}/person"), "resultPointer": "/n"});
+    for _ in 0..3 {
+        let ex = execute(&client, &ann(), &input).await;
+        assert_eq!(ex.outcome, Outcome::Hit(json!(1)));
+        // Let the connection go back to the pool before the next item checks one out.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_name_is_judged_by_its_addresses_and_listed_by_name() {
+    let (addr, connections) =
+        serve_counting(Router::new().route("/person", get(|| async { Json(json!({"n": 1})) })))
+            .await;
+    let input = json!({"url": format!("http://localhost:{}/person", addr.port())});
+    // Allowing 127.0.0.1 does not allow a name that resolves to it.
+    let by_ip = client(&allow(&["127.0.0.1"]));
+    for _ in 0..2 {
+        let ex = execute(&by_ip, &ann(), &input).await;
+        let Outcome::Fail(message) = &ex.outcome else {
+            panic!("{:?}", ex.outcome)
+        };
+        let ip = message
+            .strip_prefix("the destination localhost is not allowed: it resolves to ")
+            .and_then(|m| {
+                m.strip_suffix(
+                    ", a loopback address (an operator can list the host in \
+                     PUFFLE_HTTP_ALLOW_HOSTS)",
+                )
+            })
+            .unwrap_or_else(|| panic!("{message}"));
+        assert!(ip.parse::<IpAddr>().unwrap().is_loopback(), "{message}");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 0);
+    // Listing the name allows it.
+    let by_name = client(&allow(&["localhost"]));
+    let ex = execute(&by_name, &ann(), &input).await;
+    assert_eq!(ex.outcome, Outcome::Hit(json!({"n": 1})));
 }
 
 #[tokio::test]
@@ -532,13 +655,7 @@ async fn a_header_value_the_lead_breaks_fails_without_a_request() {
     let evil = lead(json!({"name": {"full": "Ann\r\nX-Admin: yes"}}), json!({}));
     let input =
         json!({"url": format!("{base}/echo/x"), "headers": {"x-name": "{{lead.name.full}}"}});
-    let ex = execute(
-        &reqwest::Client::new(),
-        &allow(&["127.0.0.1"]),
-        &evil,
-        &input,
-    )
-    .await;
+    let ex = execute(&client(&allow(&["127.0.0.1"])), &evil, &input).await;
     assert_eq!(
         ex.outcome,
         Outcome::Fail(
@@ -758,4 +875,81 @@ fn json_pointers_follow_rfc_6901() {
     for p in ["a", "a/b", "/a~", "/a~2", "#/a"] {
         assert!(!is_json_pointer(p), "{p}");
     }
+}
+
+/// Throughput of the hot path: `items` requests on one client, `concurrency` at a time (each
+/// of `concurrency` tasks sends its next request when its last one is answered), against a
+/// loopback provider that answers after `latency`. Prints items/s against the ideal
+/// `concurrency / latency`, and against the ideal at the latency the provider really had (its
+/// `tokio::time::sleep` overshoots by about a millisecond), and the connections it accepted.
+/// Run in release:
+/// `cargo test --release -p puffle-engine -- --ignored custom_http_throughput --nocapture`
+/// (`BENCH_ITEMS`, `BENCH_CONCURRENCY` and `BENCH_LATENCY_MS` change the defaults, 2000, 64
+/// and 20).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: run it on purpose, in release mode"]
+async fn custom_http_throughput() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let items = env("BENCH_ITEMS", 2_000) as usize;
+    let concurrency = env("BENCH_CONCURRENCY", 64) as usize;
+    let latency = Duration::from_millis(env("BENCH_LATENCY_MS", 20));
+    let slept_us = Arc::new(AtomicUsize::new(0));
+    let slept = slept_us.clone();
+    let app = Router::new().route(
+        "/person",
+        get(move || async move {
+            let started = Instant::now();
+            tokio::time::sleep(latency).await;
+            let us = started.elapsed().as_micros() as usize;
+            slept.fetch_add(us, Ordering::Relaxed);
+            Json(json!({"data": {"email": "ann@acme.com"}}))
+        }),
+    );
+    let (addr, connections) = serve_counting(app).await;
+    let client = Arc::new(client(&allow(&["127.0.0.1"])));
+    let input =
+        Arc::new(json!({"url": format!("http://{addr}/person"), "resultPointer": "/data/email"}));
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, input, next) = (client.clone(), input.clone(), next.clone());
+        tasks.spawn(async move {
+            let lead = ann();
+            let mut done = 0;
+            while next.fetch_add(1, Ordering::SeqCst) < items {
+                let ex = execute(&client, &lead, &input).await;
+                assert_eq!(ex.outcome, Outcome::Hit(json!("ann@acme.com")));
+                done += 1;
+            }
+            done
+        });
+    }
+    let mut done = 0;
+    while let Some(n) = tasks.join_next().await {
+        done += n.expect("a bench task");
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(done, items);
+    let rate = items as f64 / elapsed.as_secs_f64();
+    let ideal = concurrency as f64 / latency.as_secs_f64();
+    let real_latency = slept_us.load(Ordering::Relaxed) as f64 / items as f64 / 1e6;
+    let real_ideal = concurrency as f64 / real_latency;
+    println!(
+        "custom_http: {items} items at concurrency {concurrency} against a {} ms provider in \
+         {:.2} s: {rate:.0} items/s, {:.1}% of the ideal {ideal:.0} items/s; the provider took \
+         {:.2} ms on average: {:.1}% of the ideal {real_ideal:.0} items/s at that latency; {} \
+         connections",
+        latency.as_millis(),
+        elapsed.as_secs_f64(),
+        100.0 * rate / ideal,
+        real_latency * 1e3,
+        100.0 * rate / real_ideal,
+        connections.load(Ordering::SeqCst),
+    );
 }
