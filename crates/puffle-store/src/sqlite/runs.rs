@@ -1,7 +1,7 @@
 //! Enrichment runs and items on SQLite. Claims and finishes run on the single writer
 //! connection, so a claim (`UPDATE … RETURNING` of a batch) is atomic without row locks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use puffle_domain::lead::Lead;
@@ -29,6 +29,8 @@ const ITEM_COLUMNS: &str = "id, run_id, lead_id, list_id, membership_id, status,
 
 /// Rows per multi-row INSERT of items (7 bound values each, far below SQLite's limit).
 const INSERT_CHUNK: usize = 1000;
+/// Finishes per multi-row UPDATE (12 bound values each).
+const FINISH_CHUNK: usize = 500;
 /// Active runs considered per claim (round-robin by least recently claimed).
 const CLAIM_RUNS: i64 = 16;
 
@@ -210,36 +212,161 @@ async fn skip_pending(
     Ok(done.rows_affected() as i64)
 }
 
-/// Write a result onto the lead's (or membership's) attributes.
-async fn write_attribute(conn: &mut SqliteConnection, w: &AttributeWrite, now: &str) -> Result<()> {
-    let (select, update, id) = match (w.target, &w.membership_id) {
-        (OutputTarget::Membership, Some(m)) => (
-            "SELECT attributes FROM memberships WHERE id = ?",
-            "UPDATE memberships SET attributes = ? WHERE id = ?",
-            m.as_str(),
-        ),
-        _ => (
-            "SELECT attributes FROM leads WHERE id = ?",
-            "UPDATE leads SET attributes = ?, updated_at = ? WHERE id = ?",
-            w.lead_id.as_str(),
-        ),
-    };
-    let current: Option<String> = sqlx::query_scalar(select)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    // The lead (or membership) was deleted meanwhile: nothing to write onto.
-    let Some(current) = current else {
+/// Write results onto leads' (or memberships') attributes: one read and one multi-row update
+/// per table. Several results for one lead in a batch apply in order.
+async fn write_attributes(
+    conn: &mut SqliteConnection,
+    writes: Vec<AttributeWrite>,
+    now: &str,
+) -> Result<()> {
+    let (to_memberships, to_leads): (Vec<_>, Vec<_>) = writes
+        .into_iter()
+        .partition(|w| w.target == OutputTarget::Membership && w.membership_id.is_some());
+    let lead_writes = to_leads.into_iter().map(|w| (w.lead_id, w.key, w.value));
+    merge_attributes_into(conn, "leads", lead_writes.collect(), Some(now)).await?;
+    let membership_writes = to_memberships
+        .into_iter()
+        .filter_map(|w| Some((w.membership_id?, w.key, w.value)));
+    merge_attributes_into(conn, "memberships", membership_writes.collect(), None).await
+}
+
+/// Set `key = value` in the `attributes` of rows of `table` (`leads` or `memberships`). Rows that
+/// no longer exist (deleted meanwhile) are left alone.
+async fn merge_attributes_into(
+    conn: &mut SqliteConnection,
+    table: &str,
+    writes: Vec<(String, String, Value)>,
+    touch: Option<&str>,
+) -> Result<()> {
+    if writes.is_empty() {
         return Ok(());
-    };
-    let mut attributes: Map<String, Value> = serde_json::from_str(&current)?;
-    attributes.insert(w.key.clone(), w.value.clone());
-    let mut q = sqlx::query(update).bind(serde_json::to_string(&attributes)?);
-    if w.target == OutputTarget::Lead || w.membership_id.is_none() {
-        q = q.bind(now);
     }
-    q.bind(id).execute(&mut *conn).await?;
+    let mut merged: HashMap<String, Map<String, Value>> = HashMap::new();
+    let ids: Vec<String> = writes
+        .iter()
+        .map(|(id, _, _)| id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    for chunk in ids.chunks(INSERT_CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT id, attributes FROM {table} WHERE id IN ("
+        ));
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.clone());
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            let text: String = row.try_get(1)?;
+            merged.insert(row.try_get(0)?, serde_json::from_str(&text)?);
+        }
+    }
+    for (id, key, value) in writes {
+        if let Some(attributes) = merged.get_mut(&id) {
+            attributes.insert(key, value);
+        }
+    }
+    let rows: Vec<(String, String)> = merged
+        .into_iter()
+        .map(|(id, attrs)| Ok((id, serde_json::to_string(&attrs)?)))
+        .collect::<Result<_>>()?;
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("UPDATE {table} SET attributes = v.column2"));
+        if let Some(now) = touch {
+            q.push(", updated_at = ").push_bind(now.to_string());
+        }
+        q.push(" FROM (");
+        q.push_values(chunk, |mut b, (id, attrs)| {
+            b.push_bind(id).push_bind(attrs);
+        });
+        q.push(format!(") AS v WHERE {table}.id = v.column1"));
+        q.build().execute(&mut *conn).await?;
+    }
     Ok(())
+}
+
+/// One finish, ready to bind.
+struct FinishRow {
+    item_id: String,
+    run_id: String,
+    status: ItemStatus,
+    result: Option<String>,
+    skipped: Option<SkipReason>,
+    error: Option<String>,
+    attempts: i64,
+    input_snapshot: Option<String>,
+    lead_snapshot: Option<String>,
+    raw_result: Option<String>,
+    provider: Option<String>,
+    due_at: Option<i64>,
+    completed_at: Option<String>,
+    write: Option<AttributeWrite>,
+}
+
+impl FinishRow {
+    fn new(f: Finish, run_status: &HashMap<String, String>, now: &str) -> FinishRow {
+        let error = |message: String, details: Option<Value>| {
+            Some(json!({"message": message, "details": details}).to_string())
+        };
+        let (mut status, result, mut skipped, error, write, due_at) = match f.outcome {
+            FinishOutcome::Completed { result, write } => (
+                ItemStatus::Completed,
+                to_text(&result),
+                None,
+                None,
+                write,
+                None,
+            ),
+            FinishOutcome::Failed { message, details } => (
+                ItemStatus::Failed,
+                None,
+                None,
+                error(message, details),
+                None,
+                None,
+            ),
+            FinishOutcome::Skipped(reason) => {
+                (ItemStatus::Skipped, None, Some(reason), None, None, None)
+            }
+            FinishOutcome::Retry { due_at_ms, message } => (
+                ItemStatus::Pending,
+                None,
+                None,
+                error(message, None),
+                None,
+                Some(due_at_ms),
+            ),
+        };
+        if status == ItemStatus::Pending {
+            match run_status.get(&f.run_id).map(String::as_str) {
+                Some("cancelled") => {
+                    (status, skipped) = (ItemStatus::Skipped, Some(SkipReason::RunCancelled))
+                }
+                Some("failed") => {
+                    (status, skipped) = (ItemStatus::Skipped, Some(SkipReason::RunFailed))
+                }
+                _ => {}
+            }
+        }
+        FinishRow {
+            item_id: f.item_id,
+            run_id: f.run_id,
+            status,
+            result,
+            skipped,
+            error,
+            attempts: i64::from(f.executed),
+            input_snapshot: to_text(&f.input_snapshot),
+            lead_snapshot: to_text(&f.lead_snapshot),
+            raw_result: to_text(&f.raw_result),
+            provider: f.provider,
+            due_at,
+            completed_at: status.is_terminal().then(|| now.to_string()),
+            write,
+        }
+    }
 }
 
 /// Put a leased item back to pending (no attempt spent), or skip it if its run was cancelled
@@ -676,88 +803,74 @@ impl RunStore for SqliteStore {
         let _ = now_ms;
         let mut tx = self.write.begin().await?;
         let now = now_timestamp();
-        let mut deltas = CountDeltas::default();
-        let mut recorded = 0;
-        for f in finishes {
-            let attempts = i64::from(f.executed);
-            let (status, result, skipped, error, write, due_at) = match f.outcome {
-                FinishOutcome::Completed { result, write } => {
-                    (ItemStatus::Completed, result, None, None, write, None)
-                }
-                FinishOutcome::Failed { message, details } => (
-                    ItemStatus::Failed,
-                    None,
-                    None,
-                    Some(json!({"message": message, "details": details})),
-                    None,
-                    None,
-                ),
-                FinishOutcome::Skipped(reason) => {
-                    (ItemStatus::Skipped, None, Some(reason), None, None, None)
-                }
-                FinishOutcome::Retry { due_at_ms, message } => (
-                    ItemStatus::Pending,
-                    None,
-                    None,
-                    Some(json!({"message": message, "details": null})),
-                    None,
-                    Some(due_at_ms),
-                ),
-            };
-            // A retry of a run cancelled (or failed) meanwhile ends the item instead.
-            let (status, skipped) = if status == ItemStatus::Pending {
-                let run_status: Option<String> =
-                    sqlx::query_scalar("SELECT status FROM enrichment_runs WHERE id = ?")
-                        .bind(&f.run_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                match run_status.as_deref() {
-                    Some("cancelled") => (ItemStatus::Skipped, Some(SkipReason::RunCancelled)),
-                    Some("failed") => (ItemStatus::Skipped, Some(SkipReason::RunFailed)),
-                    _ => (status, skipped),
-                }
-            } else {
-                (status, skipped)
-            };
-            let terminal = status.is_terminal();
-            let done = sqlx::query(
-                "UPDATE enrichment_items SET status = ?, result = ?, skipped_reason = ?, \
-                 error = ?, attempts = attempts + ?, input_snapshot = coalesce(?, input_snapshot), \
-                 lead_snapshot = coalesce(?, lead_snapshot), raw_result = ?, \
-                 provider = coalesce(?, provider), due_at = coalesce(?, due_at), \
-                 completed_at = ?, updated_at = ?, lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id = ? AND status = 'running' AND lease_owner = ?",
-            )
-            .bind(status.as_str())
-            .bind(to_text(&result))
-            .bind(skipped.map(SkipReason::as_str))
-            .bind(to_text(&error))
-            .bind(attempts)
-            .bind(to_text(&f.input_snapshot))
-            .bind(to_text(&f.lead_snapshot))
-            .bind(to_text(&f.raw_result))
-            .bind(&f.provider)
-            .bind(due_at)
-            .bind(terminal.then_some(&now))
-            .bind(&now)
-            .bind(&f.item_id)
-            .bind(worker)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                // Our lease was lost (expired and rescued): the current holder decides.
-                continue;
+        // A retry of a run cancelled (or failed) meanwhile ends the item instead.
+        let run_ids: HashSet<&str> = finishes.iter().map(|f| f.run_id.as_str()).collect();
+        let mut run_status: HashMap<String, String> = HashMap::new();
+        for chunk in run_ids.into_iter().collect::<Vec<_>>().chunks(INSERT_CHUNK) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("SELECT id, status FROM enrichment_runs WHERE id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.to_string());
             }
-            recorded += 1;
-            deltas.moved(&f.run_id, ItemStatus::Running, status, 1);
-            if let Some(w) = write {
-                write_attribute(&mut tx, &w, &now).await?;
+            q.push(")");
+            for row in q.build().fetch_all(&mut *tx).await? {
+                run_status.insert(row.try_get(0)?, row.try_get(1)?);
             }
         }
+        let rows: Vec<FinishRow> = finishes
+            .into_iter()
+            .map(|f| FinishRow::new(f, &run_status, &now))
+            .collect();
+
+        let mut recorded: HashSet<String> = HashSet::new();
+        for chunk in rows.chunks(FINISH_CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE enrichment_items SET status = v.column2, result = v.column3, \
+                 skipped_reason = v.column4, error = v.column5, attempts = attempts + v.column6, \
+                 input_snapshot = coalesce(v.column7, input_snapshot), \
+                 lead_snapshot = coalesce(v.column8, lead_snapshot), raw_result = v.column9, \
+                 provider = coalesce(v.column10, provider), due_at = coalesce(v.column11, due_at), \
+                 completed_at = v.column12, updated_at = ",
+            );
+            q.push_bind(&now)
+                .push(", lease_owner = NULL, lease_expires_at = NULL FROM (");
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.item_id)
+                    .push_bind(r.status.as_str())
+                    .push_bind(&r.result)
+                    .push_bind(r.skipped.map(SkipReason::as_str))
+                    .push_bind(&r.error)
+                    .push_bind(r.attempts)
+                    .push_bind(&r.input_snapshot)
+                    .push_bind(&r.lead_snapshot)
+                    .push_bind(&r.raw_result)
+                    .push_bind(&r.provider)
+                    .push_bind(r.due_at)
+                    .push_bind(&r.completed_at);
+            });
+            // Only items this worker still holds: a lost lease means the current holder decides.
+            q.push(") AS v WHERE enrichment_items.id = v.column1 AND enrichment_items.status = 'running' AND enrichment_items.lease_owner = ")
+                .push_bind(worker)
+                .push(" RETURNING enrichment_items.id");
+            for row in q.build().fetch_all(&mut *tx).await? {
+                recorded.insert(row.try_get(0)?);
+            }
+        }
+
+        let mut deltas = CountDeltas::default();
+        let mut writes = Vec::new();
+        for r in rows {
+            if recorded.contains(&r.item_id) {
+                deltas.moved(&r.run_id, ItemStatus::Running, r.status, 1);
+                writes.extend(r.write);
+            }
+        }
+        write_attributes(&mut tx, writes, &now).await?;
         let runs = deltas.apply(&mut tx, &now).await?;
         complete_finished_runs(&mut tx, &runs, &now).await?;
         tx.commit().await?;
-        Ok(recorded)
+        Ok(recorded.len() as u64)
     }
 
     async fn heartbeat(&self, worker: &str, lease_until_ms: i64) -> Result<()> {
