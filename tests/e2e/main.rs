@@ -9,6 +9,7 @@ mod cli_enrichment;
 mod credits;
 mod enrichment_catalog;
 mod enrichment_items;
+mod enrichment_review;
 mod enrichment_runs;
 mod enrichment_worker;
 mod errors;

@@ -68,13 +68,6 @@ pub const LEGACY_COSTS: &[(&str, i64)] = &[
     ("SEARCH_CONTINUE", 5),
 ];
 
-/// Legacy action names that map onto an operation of ours.
-const LEGACY_ACTIONS: &[(&str, &str)] = &[
-    ("EMAIL_LOOKUP", "work_email_lookup"),
-    ("CUSTOM_ENRICHMENT_AI", "custom_ai"),
-    ("CUSTOM_ENRICHMENT_WEB", "custom_http"),
-];
-
 /// The price table: operations from configuration override the defaults by id.
 #[derive(Debug, Clone)]
 pub struct Prices {
@@ -129,10 +122,6 @@ impl Prices {
             .chain(LEGACY_COSTS.iter().copied())
             .map(|(name, c)| (name.to_string(), json!(self.price(name).unwrap_or(c))))
             .collect();
-        let legacy: serde_json::Map<String, Value> = LEGACY_ACTIONS
-            .iter()
-            .map(|(from, to)| (from.to_string(), json!(to)))
-            .collect();
         json!({
             "registryVersion": "billing-registry:v1",
             "operations": operations,
@@ -142,7 +131,7 @@ impl Prices {
                                      "positioning": "Self-hosted: every workspace starts here"}}
             },
             "entitlements": {"keys": []},
-            "legacyCreditActions": legacy,
+            "legacyCreditActions": {},
             "costs": costs,
         })
     }

@@ -187,8 +187,8 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
         if runs.len() > 1024 {
             runs.clear();
         }
-        let leads = match load_context(&shared, &claimed, &mut runs).await {
-            Ok(leads) => leads,
+        let context = match load_context(&shared, &claimed, &mut runs).await {
+            Ok(context) => context,
             Err(e) => {
                 tracing::error!(error = %e, "loading claimed items' runs and leads failed");
                 let ids: Vec<String> = claimed.iter().map(|i| i.id.clone()).collect();
@@ -201,7 +201,12 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
             let Some(spec) = runs.get(&item.run_id).cloned() else {
                 continue;
             };
-            let lead = leads.get(&item.lead_id).cloned();
+            let lead = context.leads.get(&item.lead_id).cloned();
+            let membership = item
+                .membership_id
+                .as_ref()
+                .and_then(|m| context.memberships.get(m))
+                .cloned();
             // Built-ins are pure CPU work of microseconds: run them here, without a task.
             if spec
                 .enrichment
@@ -209,7 +214,7 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
                 .is_some_and(|e| e.binding == Binding::Builtin)
             {
                 let id = item.id.clone();
-                let finish = execute_item(&shared, &spec, item, lead).await;
+                let finish = execute_item(&shared, &spec, item, lead, membership).await;
                 let _ = done_tx.send(finish);
                 shared.held().remove(&id);
                 continue;
@@ -223,7 +228,7 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
             let done = done_tx.clone();
             tasks.spawn(async move {
                 let id = item.id.clone();
-                let finish = execute_item(&shared, &spec, item, lead).await;
+                let finish = execute_item(&shared, &spec, item, lead, membership).await;
                 // Hand over before forgetting it, so shutdown never releases a finished item.
                 let _ = done.send(finish);
                 shared.held().remove(&id);
@@ -263,12 +268,20 @@ async fn release(shared: &Shared, ids: &[String]) {
 }
 
 /// Load the runs (cached) and leads of a claimed batch.
+/// What a claimed batch needs besides its runs: the leads, and the current attributes of the
+/// memberships that `fill_empty` runs writing to memberships must check.
+struct Context {
+    leads: HashMap<String, Lead>,
+    memberships: HashMap<String, serde_json::Map<String, serde_json::Value>>,
+}
+
 async fn load_context(
     shared: &Shared,
     claimed: &[ClaimedItem],
     runs: &mut HashMap<String, Arc<RunSpec>>,
-) -> puffle_store::Result<HashMap<String, Lead>> {
+) -> puffle_store::Result<Context> {
     let mut by_workspace: HashMap<String, Vec<String>> = HashMap::new();
+    let mut memberships = Vec::new();
     for item in claimed {
         if !runs.contains_key(&item.run_id) {
             let run = shared.store.run_for_worker(&item.run_id).await?;
@@ -280,6 +293,11 @@ async fn load_context(
                 .entry(spec.run.workspace_id.clone())
                 .or_default()
                 .push(item.lead_id.clone());
+            let checks_membership = spec.run.write_policy == WritePolicy::FillEmpty
+                && spec.run.output_target == OutputTarget::Membership;
+            if let (true, Some(m)) = (checks_membership, &item.membership_id) {
+                memberships.push(m.clone());
+            }
         }
     }
     let mut leads = HashMap::new();
@@ -288,14 +306,18 @@ async fn load_context(
             leads.insert(lead.id.clone(), lead);
         }
     }
-    Ok(leads)
+    let memberships = shared.store.membership_attributes(&memberships).await?;
+    Ok(Context { leads, memberships })
 }
 
+/// `membership`: the current attributes of the item's membership, when `fill_empty` must
+/// check them.
 async fn execute_item(
     shared: &Shared,
     spec: &RunSpec,
     item: ClaimedItem,
     lead: Option<Lead>,
+    membership: Option<serde_json::Map<String, serde_json::Value>>,
 ) -> Finish {
     let run = &spec.run;
     let finish = |outcome, executed| Finish {
@@ -308,9 +330,14 @@ async fn execute_item(
         raw_result: None,
         provider: None,
     };
-    let skip = |reason| finish(FinishOutcome::Skipped(reason), false);
     let Some(lead) = lead else {
-        return skip(SkipReason::LeadDeleted);
+        return finish(FinishOutcome::Skipped(SkipReason::LeadDeleted), false);
+    };
+    // The item has started: whatever happens now, it shows the lead as the enrichment saw it.
+    let lead_snapshot = serde_json::to_value(&lead).ok();
+    let skip = |reason| Finish {
+        lead_snapshot: lead_snapshot.clone(),
+        ..finish(FinishOutcome::Skipped(reason), false)
     };
     if !run.subject.admits(lead.kind) {
         return skip(SkipReason::SubjectMismatch);
@@ -325,13 +352,13 @@ async fn execute_item(
     let has_value = |attrs: &serde_json::Map<String, serde_json::Value>| {
         attrs.get(&run.attribute_key).is_some_and(|v| !v.is_null())
     };
-    if run.write_policy == WritePolicy::FillEmpty
-        && run.output_target == OutputTarget::Lead
-        && has_value(&lead.attributes)
-    {
+    let current = match run.output_target {
+        OutputTarget::Lead => Some(&lead.attributes),
+        OutputTarget::Membership => membership.as_ref(),
+    };
+    if run.write_policy == WritePolicy::FillEmpty && current.is_some_and(has_value) {
         return skip(SkipReason::AlreadyHasValue);
     }
-    let lead_snapshot = serde_json::to_value(&lead).ok();
     let execution = match shared.executor.execute(enrichment, &lead, &run.input).await {
         Ok(execution) => execution,
         Err(RunFailure(message)) => {

@@ -204,6 +204,11 @@ pub trait RunStore: Send + Sync {
     async fn run_for_worker(&self, id: &str) -> Result<Run>;
     /// Leads by id within a workspace; missing (deleted) ones are absent.
     async fn leads_by_id(&self, workspace: &str, ids: &[String]) -> Result<Vec<Lead>>;
+    /// The attributes of memberships by id (for `fill_empty` on membership output).
+    async fn membership_attributes(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, serde_json::Map<String, Value>>>;
     /// Record outcomes of items `worker` holds, in one transaction. An item whose lease the
     /// worker lost is left alone (its outcome is dropped). Returns how many were recorded.
     async fn finish_items(&self, worker: &str, finishes: Vec<Finish>, now_ms: i64) -> Result<u64>;

@@ -122,11 +122,18 @@ struct OutputSpec {
     write_policy: Option<WritePolicy>,
 }
 
+/// The answer to the request that created `run` (replayed as is for a repeated idempotency key,
+/// so `status` is the run's status at creation: `completed` for an empty scope, else `pending`).
 fn created_response(run: &Run, reused: bool) -> Json<Value> {
+    let status = if run.resolved_count == 0 {
+        "completed"
+    } else {
+        "pending"
+    };
     Json(json!({
         "enrichmentRunId": run.id,
         "runId": run.id,
-        "status": run.status.as_str(),
+        "status": status,
         "leadCount": run.resolved_count,
         "triggerRunId": null,
         "reusedExistingRun": reused,

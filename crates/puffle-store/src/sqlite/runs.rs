@@ -200,8 +200,8 @@ async fn skip_pending(
     now: &str,
 ) -> Result<i64> {
     let done = sqlx::query(
-        "UPDATE enrichment_items SET status = 'skipped', skipped_reason = ?, completed_at = ?, \
-         updated_at = ? WHERE run_id = ? AND status = 'pending'",
+        "UPDATE enrichment_items SET status = 'skipped', skipped_reason = ?, error = NULL, \
+         completed_at = ?, updated_at = ? WHERE run_id = ? AND status = 'pending'",
     )
     .bind(reason.as_str())
     .bind(now)
@@ -310,7 +310,7 @@ impl FinishRow {
         let error = |message: String, details: Option<Value>| {
             Some(json!({"message": message, "details": details}).to_string())
         };
-        let (mut status, result, mut skipped, error, write, due_at) = match f.outcome {
+        let (mut status, result, mut skipped, mut error, write, due_at) = match f.outcome {
             FinishOutcome::Completed { result, write } => (
                 ItemStatus::Completed,
                 to_text(&result),
@@ -342,10 +342,12 @@ impl FinishRow {
         if status == ItemStatus::Pending {
             match run_status.get(&f.run_id).map(String::as_str) {
                 Some("cancelled") => {
-                    (status, skipped) = (ItemStatus::Skipped, Some(SkipReason::RunCancelled))
+                    (status, skipped, error) =
+                        (ItemStatus::Skipped, Some(SkipReason::RunCancelled), None)
                 }
                 Some("failed") => {
-                    (status, skipped) = (ItemStatus::Skipped, Some(SkipReason::RunFailed))
+                    (status, skipped, error) =
+                        (ItemStatus::Skipped, Some(SkipReason::RunFailed), None)
                 }
                 _ => {}
             }
@@ -392,7 +394,7 @@ async fn requeue(
     let (sql, to) = match skip {
         Some(_) => (
             format!(
-                "UPDATE enrichment_items SET status = 'skipped', skipped_reason = ?, \
+                "UPDATE enrichment_items SET status = 'skipped', skipped_reason = ?, error = NULL, \
                  completed_at = ?, updated_at = ?, lease_owner = NULL, lease_expires_at = NULL \
                  WHERE id = ? AND status = 'running' AND {} ?",
                 guard.0
@@ -797,6 +799,27 @@ impl RunStore for SqliteStore {
         let mut leads = rows.iter().map(lead_from).collect::<Result<Vec<_>>>()?;
         attach_lists(&mut conn, &mut leads).await?;
         Ok(leads)
+    }
+
+    async fn membership_attributes(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, Map<String, Value>>> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("SELECT id, attributes FROM memberships WHERE id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.clone());
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&self.read).await? {
+                let text: String = row.try_get(1)?;
+                out.insert(row.try_get(0)?, serde_json::from_str(&text)?);
+            }
+        }
+        Ok(out)
     }
 
     async fn finish_items(&self, worker: &str, finishes: Vec<Finish>, now_ms: i64) -> Result<u64> {
