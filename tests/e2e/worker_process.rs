@@ -22,13 +22,32 @@ async fn a_worker_process_runs_what_an_api_only_server_accepts() {
         "no worker runs in the API process"
     );
 
-    let worker = std::process::Command::new(env!("CARGO_BIN_EXE_puffle"))
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_puffle"))
         .args(["worker", "--database-url", &app.database_url])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("puffle worker starts");
-    let done = app.wait_run_for(&run, Duration::from_secs(30)).await;
+    // Until the run ends, the worker must keep running (if it dies, say why).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        if let Some(status) = worker.try_wait().expect("worker status") {
+            let out = worker.wait_with_output().expect("worker output");
+            panic!(
+                "puffle worker exited early ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let run = app.run_status(&run).await;
+        if run["status"] != "pending" && run["status"] != "running" {
+            break run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run not done after 30 s: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["scope"]["counts"]["completed"], 30);
     let lead = app.get_lead(&leads[0]).await.expect("lead exists");

@@ -322,6 +322,7 @@ async fn execute_item(
     let run = &spec.run;
     let finish = |outcome, executed| Finish {
         item_id: item.id.clone(),
+        lease_token: item.lease_token.clone(),
         run_id: item.run_id.clone(),
         outcome,
         executed,

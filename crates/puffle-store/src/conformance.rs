@@ -219,6 +219,7 @@ mod runs {
     fn done(item: &crate::ClaimedItem, outcome: FinishOutcome) -> Finish {
         Finish {
             item_id: item.id.clone(),
+            lease_token: item.lease_token.clone(),
             run_id: item.run_id.clone(),
             outcome,
             executed: true,

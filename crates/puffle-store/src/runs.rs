@@ -115,6 +115,8 @@ pub struct ItemQuery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedItem {
     pub id: String,
+    /// Identifies this lease; the outcome is recorded only if it is still the current one.
+    pub lease_token: String,
     pub run_id: String,
     pub lead_id: String,
     pub list_id: Option<String>,
@@ -137,6 +139,8 @@ pub struct AttributeWrite {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finish {
     pub item_id: String,
+    /// The `lease_token` of the claim this outcome comes from.
+    pub lease_token: String,
     pub run_id: String,
     pub outcome: FinishOutcome,
     /// The enrichment was executed (counts as an attempt).
@@ -209,8 +213,9 @@ pub trait RunStore: Send + Sync {
         &self,
         ids: &[String],
     ) -> Result<std::collections::HashMap<String, serde_json::Map<String, Value>>>;
-    /// Record outcomes of items `worker` holds, in one transaction. An item whose lease the
-    /// worker lost is left alone (its outcome is dropped). Returns how many were recorded.
+    /// Record outcomes of items `worker` holds, in one transaction. An item whose lease is no
+    /// longer the one named by `lease_token` is left alone (its outcome is dropped). Returns how
+    /// many were recorded.
     async fn finish_items(&self, worker: &str, finishes: Vec<Finish>, now_ms: i64) -> Result<u64>;
     /// Extend every lease `worker` holds.
     async fn heartbeat(&self, worker: &str, lease_until_ms: i64) -> Result<()>;

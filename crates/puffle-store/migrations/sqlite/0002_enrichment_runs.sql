@@ -63,6 +63,9 @@ CREATE TABLE enrichment_items (
     provider_submission_id  TEXT,
     due_at                  INTEGER NOT NULL DEFAULT 0,
     lease_owner             TEXT,
+    -- New at every claim: a finish must present it, so an execution from an earlier lease
+    -- (even of the same worker) can never record an outcome.
+    lease_token             TEXT,
     lease_expires_at        INTEGER,
     started_at              TEXT,
     completed_at            TEXT,

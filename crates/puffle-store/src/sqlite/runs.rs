@@ -29,7 +29,7 @@ const ITEM_COLUMNS: &str = "id, run_id, lead_id, list_id, membership_id, status,
 
 /// Rows per multi-row INSERT of items (7 bound values each, far below SQLite's limit).
 const INSERT_CHUNK: usize = 1000;
-/// Finishes per multi-row UPDATE (12 bound values each).
+/// Finishes per multi-row UPDATE (13 bound values each).
 const FINISH_CHUNK: usize = 500;
 /// Active runs considered per claim (round-robin by least recently claimed).
 const CLAIM_RUNS: i64 = 16;
@@ -290,6 +290,7 @@ async fn merge_attributes_into(
 /// One finish, ready to bind.
 struct FinishRow {
     item_id: String,
+    lease_token: String,
     run_id: String,
     status: ItemStatus,
     result: Option<String>,
@@ -354,6 +355,7 @@ impl FinishRow {
         }
         FinishRow {
             item_id: f.item_id,
+            lease_token: f.lease_token,
             run_id: f.run_id,
             status,
             result,
@@ -395,7 +397,7 @@ async fn requeue(
         Some(_) => (
             format!(
                 "UPDATE enrichment_items SET status = 'skipped', skipped_reason = ?, error = NULL, \
-                 completed_at = ?, updated_at = ?, lease_owner = NULL, lease_expires_at = NULL \
+                 completed_at = ?, updated_at = ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
                  WHERE id = ? AND status = 'running' AND {} ?",
                 guard.0
             ),
@@ -404,7 +406,7 @@ async fn requeue(
         None => (
             format!(
                 "UPDATE enrichment_items SET status = 'pending', skipped_reason = ?, \
-                 completed_at = ?, updated_at = ?, lease_owner = NULL, lease_expires_at = NULL \
+                 completed_at = ?, updated_at = ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
                  WHERE id = ? AND status = 'running' AND {} ?",
                 guard.0
             ),
@@ -719,6 +721,7 @@ impl RunStore for SqliteStore {
             return Ok(Vec::new());
         }
         let now = now_timestamp();
+        let token = new_id();
         let share = max.div_ceil(runs.len()).max(1);
         let mut claimed = Vec::new();
         for run in &runs {
@@ -728,12 +731,14 @@ impl RunStore for SqliteStore {
             } else {
                 sqlx::query(
                     "UPDATE enrichment_items SET status = 'running', lease_owner = ?, \
-                     lease_expires_at = ?, started_at = coalesce(started_at, ?), updated_at = ? \
+                     lease_token = ?, lease_expires_at = ?, \
+                     started_at = coalesce(started_at, ?), updated_at = ? \
                      WHERE id IN (SELECT id FROM enrichment_items WHERE run_id = ? \
                        AND status = 'pending' AND due_at <= ? ORDER BY id LIMIT ?) \
                      RETURNING id, lead_id, list_id, membership_id, attempts",
                 )
                 .bind(worker)
+                .bind(&token)
                 .bind(lease_until_ms)
                 .bind(&now)
                 .bind(&now)
@@ -763,6 +768,7 @@ impl RunStore for SqliteStore {
             for r in rows {
                 claimed.push(ClaimedItem {
                     id: r.try_get("id")?,
+                    lease_token: token.clone(),
                     run_id: run.clone(),
                     lead_id: r.try_get("lead_id")?,
                     list_id: r.try_get("list_id")?,
@@ -857,7 +863,7 @@ impl RunStore for SqliteStore {
                  completed_at = v.column12, updated_at = ",
             );
             q.push_bind(&now)
-                .push(", lease_owner = NULL, lease_expires_at = NULL FROM (");
+                .push(", lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL FROM (");
             q.push_values(chunk, |mut b, r| {
                 b.push_bind(&r.item_id)
                     .push_bind(r.status.as_str())
@@ -870,12 +876,17 @@ impl RunStore for SqliteStore {
                     .push_bind(&r.raw_result)
                     .push_bind(&r.provider)
                     .push_bind(r.due_at)
-                    .push_bind(&r.completed_at);
+                    .push_bind(&r.completed_at)
+                    .push_bind(&r.lease_token);
             });
             // Only items this worker still holds: a lost lease means the current holder decides.
-            q.push(") AS v WHERE enrichment_items.id = v.column1 AND enrichment_items.status = 'running' AND enrichment_items.lease_owner = ")
-                .push_bind(worker)
-                .push(" RETURNING enrichment_items.id");
+            q.push(
+                ") AS v WHERE enrichment_items.id = v.column1 \
+                 AND enrichment_items.status = 'running' \
+                 AND enrichment_items.lease_owner = ",
+            )
+            .push_bind(worker)
+            .push(" AND enrichment_items.lease_token = v.column13 RETURNING enrichment_items.id");
             for row in q.build().fetch_all(&mut *tx).await? {
                 recorded.insert(row.try_get(0)?);
             }
