@@ -1,6 +1,5 @@
 //! Spec §9: the `puffle` client commands against a real server, run as a user runs them.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -101,28 +100,6 @@ fn ids(v: &Value) -> Vec<String> {
         .iter()
         .map(id_of)
         .collect()
-}
-
-/// A CSV text as its header and rows of column → value.
-fn parse_csv(text: &str) -> (Vec<String>, Vec<HashMap<String, String>>) {
-    let mut reader = csv::Reader::from_reader(text.as_bytes());
-    let header: Vec<String> = reader
-        .headers()
-        .expect("a header row")
-        .iter()
-        .map(str::to_string)
-        .collect();
-    let rows = reader
-        .records()
-        .map(|r| {
-            header
-                .iter()
-                .cloned()
-                .zip(r.expect("a CSV row").iter().map(str::to_string))
-                .collect()
-        })
-        .collect();
-    (header, rows)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,28 +175,6 @@ fn ndjson(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A CSV text as its header and rows of column → value.
-fn parse_csv(text: &str) -> (Vec<String>, Vec<HashMap<String, String>>) {
-    let mut reader = csv::Reader::from_reader(text.as_bytes());
-    let header: Vec<String> = reader
-        .headers()
-        .expect("a header row")
-        .iter()
-        .map(str::to_string)
-        .collect();
-    let rows = reader
-        .records()
-        .map(|r| {
-            header
-                .iter()
-                .cloned()
-                .zip(r.expect("a CSV row").iter().map(str::to_string))
-                .collect()
-        })
-        .collect();
-    (header, rows)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_lists_finds_and_names_unknown_slugs() {
     let app = TestApp::spawn().await;

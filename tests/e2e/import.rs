@@ -1,7 +1,5 @@
 //! Spec §4: `POST /api/lists/import`, CSV import and export.
 
-use std::collections::HashMap;
-
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -44,29 +42,6 @@ async fn import_csv(app: &TestApp, list_id: &str, csv: impl Into<String>) -> Res
         csv,
     )
     .await
-}
-
-/// Parse an export into its header and rows as maps column → value.
-fn parse_csv(text: &str) -> (Vec<String>, Vec<HashMap<String, String>>) {
-    let mut reader = csv::ReaderBuilder::new().from_reader(text.as_bytes());
-    let header: Vec<String> = reader
-        .headers()
-        .expect("a header row")
-        .iter()
-        .map(str::to_string)
-        .collect();
-    let rows = reader
-        .records()
-        .map(|r| {
-            let r = r.expect("a well-formed CSV row");
-            header
-                .iter()
-                .cloned()
-                .zip(r.iter().map(str::to_string))
-                .collect()
-        })
-        .collect();
-    (header, rows)
 }
 
 /// The column holding attribute `key` (named `key`, or `<prefix>.key`).

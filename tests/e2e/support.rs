@@ -1395,3 +1395,25 @@ pub fn assert_counts_match(run: &Value, items: &[Value]) {
     }
     assert_eq!(run["scope"]["resolvedCount"], items.len() as i64);
 }
+
+/// A CSV text as its header and rows of column → value.
+pub fn parse_csv(text: &str) -> (Vec<String>, Vec<std::collections::HashMap<String, String>>) {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .expect("a header row")
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let rows = reader
+        .records()
+        .map(|r| {
+            header
+                .iter()
+                .cloned()
+                .zip(r.expect("a CSV row").iter().map(str::to_string))
+                .collect()
+        })
+        .collect();
+    (header, rows)
+}
