@@ -16,5 +16,6 @@ mod errors;
 mod import;
 mod leads;
 mod lists;
+mod serve_process;
 mod service;
 mod worker_process;

@@ -10,6 +10,15 @@ use serde_json::json;
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://puffle.db";
 
+/// A line for the operator on stderr. Unlike `eprintln!`, a closed stderr (a daemon, a pipe whose
+/// reader left) is not a reason to panic: the line is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 #[derive(Args)]
 pub struct DatabaseArgs {
     /// Database to use: sqlite://path (created if missing) or postgres://…
@@ -134,7 +143,7 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -161,16 +170,14 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     let running = puffle_server::start(config).await?;
     let base = format!("http://{}", running.addr);
     if let Some(key) = &running.bootstrap_key {
-        eprintln!(
-            "Created workspace \"default\" and admin user admin@localhost with 1000 credits."
-        );
-        eprintln!("Its API key is shown this once; keep it:");
-        eprintln!("  export PUFFLE_API_KEY={}", key.expose());
+        say!("Created workspace \"default\" and admin user admin@localhost with 1000 credits.");
+        say!("Its API key is shown this once; keep it:");
+        say!("  export PUFFLE_API_KEY={}", key.expose());
     }
-    eprintln!("Puffle is listening on {base}");
-    eprintln!("Try: curl -s {base}/api/account -H \"Authorization: Bearer $PUFFLE_API_KEY\"");
+    say!("Puffle is listening on {base}");
+    say!("Try: curl -s {base}/api/account -H \"Authorization: Bearer $PUFFLE_API_KEY\"");
     shutdown_signal().await;
-    eprintln!("Shutting down…");
+    say!("Shutting down…");
     running.shutdown().await
 }
 
@@ -206,9 +213,9 @@ pub async fn worker(args: WorkerArgs) -> ExitCode {
             // Runs created by other processes are found by the worker's poll.
             let wake = std::sync::Arc::new(tokio::sync::Notify::new());
             let pool = puffle_server::WorkerPool::start(store, catalog, engine, wake);
-            eprintln!("Puffle worker running on {}", args.db.database_url);
+            say!("Puffle worker running on {}", args.db.database_url);
             shutdown_signal().await;
-            eprintln!("Shutting down: finishing or handing back in-flight items…");
+            say!("Shutting down: finishing or handing back in-flight items…");
             pool.shutdown().await;
             Ok(())
         }
@@ -228,7 +235,7 @@ pub async fn migrate(args: DatabaseArgs) -> ExitCode {
     finish(
         async {
             open(&args).await?;
-            eprintln!("Migrations applied to {}", args.database_url);
+            say!("Migrations applied to {}", args.database_url);
             Ok(())
         }
         .await,
