@@ -251,7 +251,10 @@ async fn wait(global: &Global, flags: &RunWait) -> Result<ExitCode, Fail> {
     };
     progress.show(&run);
     progress.clear();
-    eprintln!("{}", progress.summary(&flags.id, &run));
+    let _ = std::io::Write::write_fmt(
+        &mut std::io::stderr(),
+        format_args!("{}\n", progress.summary(&flags.id, &run)),
+    );
     output::write_body(global.format, &body)?;
     Ok(if run.status == "completed" {
         ExitCode::SUCCESS

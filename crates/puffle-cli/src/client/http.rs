@@ -154,7 +154,11 @@ impl Fail {
     }
 
     pub fn report(self) -> ExitCode {
-        eprintln!("error: {}", self.message);
+        // A closed stderr must not turn an API error into a panic.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("error: {}\n", self.message),
+        );
         ExitCode::from(self.status)
     }
 }
