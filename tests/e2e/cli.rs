@@ -1,90 +1,11 @@
 //! Spec §9: the `puffle` client commands against a real server, run as a user runs them.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use serde_json::{json, Value};
 
 use crate::support::*;
 
-/// What one run of the binary produced.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Assert success and parse stdout as JSON.
-    fn json(&self) -> Value {
-        assert_eq!(
-            self.code, 0,
-            "stderr: {}\nstdout: {}",
-            self.stderr, self.stdout
-        );
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
-    }
-
-    fn ok(&self) -> &str {
-        assert_eq!(
-            self.code, 0,
-            "stderr: {}\nstdout: {}",
-            self.stderr, self.stdout
-        );
-        &self.stdout
-    }
-}
-
-/// Run `puffle <args>` (with the app's base URL and key unless `adjust` changes them), feeding
-/// `stdin`. Every run checks that the API key shows up in neither stdout nor stderr.
-async fn run_with(
-    app: &TestApp,
-    args: &[&str],
-    stdin: Option<&str>,
-    adjust: impl FnOnce(&mut Command),
-) -> Run {
-    let mut cmd = app.cli();
-    cmd.args(args);
-    adjust(&mut cmd);
-    let stdin = stdin.map(str::to_owned);
-    let output = tokio::task::spawn_blocking(move || {
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("puffle starts");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .expect("stdin written");
-        }
-        child.wait_with_output().expect("puffle runs")
-    })
-    .await
-    .unwrap();
-    let run = Run {
-        code: output.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8(output.stdout).expect("UTF-8 stdout"),
-        stderr: String::from_utf8(output.stderr).expect("UTF-8 stderr"),
-    };
-    for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
-        assert!(
-            !text.contains(&app.key),
-            "the API key leaked on {name} of puffle {args:?}"
-        );
-    }
-    run
-}
-
-async fn puffle(app: &TestApp, args: &[&str]) -> Run {
-    run_with(app, args, None, |_| {}).await
+async fn puffle(app: &TestApp, args: &[&str]) -> CliRun {
+    run_cli(app, args, None, |_| {}).await
 }
 
 fn id_of(v: &Value) -> String {
@@ -404,7 +325,7 @@ async fn import_csv_then_export_csv_round_trips_rows() {
     assert_eq!(imported["leadIds"].as_array().unwrap().len(), 3);
 
     // `-` reads the CSV from stdin.
-    let piped = run_with(
+    let piped = run_cli(
         &app,
         &["list", "import-csv", "--id", &list_id, "-"],
         Some("type,name,title,email,score\nperson,Hedy Lamarr,Inventor,hedy@example.com,95\n"),
@@ -578,7 +499,7 @@ async fn api_errors_exit_1_with_code_and_status() {
 
     // A wrong key is the API's 401, and that key is not printed either.
     let wrong = format!("pk_live_{}", "ab".repeat(32));
-    let run = run_with(&app, &["account"], None, |c| {
+    let run = run_cli(&app, &["account"], None, |c| {
         c.env("PUFFLE_API_KEY", &wrong);
     })
     .await;
@@ -623,7 +544,7 @@ async fn usage_errors_exit_2_before_any_request() {
         "nothing was sent"
     );
 
-    let run = run_with(&app, &["lead"], None, |c| {
+    let run = run_cli(&app, &["lead"], None, |c| {
         c.env_remove("PUFFLE_API_KEY");
     })
     .await;
@@ -655,7 +576,7 @@ async fn unreachable_server_exits_1_naming_the_url() {
         .unwrap()
         .port();
     let base = format!("http://127.0.0.1:{port}");
-    let run = run_with(&app, &["credit", "config"], None, |c| {
+    let run = run_cli(&app, &["credit", "config"], None, |c| {
         c.env("PUFFLE_API_BASE_URL", format!("{base}/"));
     })
     .await;
@@ -667,7 +588,7 @@ async fn unreachable_server_exits_1_naming_the_url() {
     );
 
     // --base-url overrides the environment (and a trailing slash is fine).
-    let run = run_with(
+    let run = run_cli(
         &app,
         &[
             "credit",

@@ -3,85 +3,14 @@
 //! subject is the built-in `company_domain` (instant, offline, free).
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::{json, Value};
 
 use crate::support::*;
 
-/// What one run of the binary produced.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> &str {
-        assert_eq!(
-            self.code, 0,
-            "stderr: {}\nstdout: {}",
-            self.stderr, self.stdout
-        );
-        &self.stdout
-    }
-
-    /// Assert success and parse stdout as one JSON document.
-    fn json(&self) -> Value {
-        let out = self.ok();
-        serde_json::from_str(out).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {out}"))
-    }
-
-    /// Assert an API error: exit 1, nothing on stdout, `error: <code>: …` naming the HTTP status.
-    fn api_error(&self, code: &str, status: u16) -> &str {
-        assert_eq!(
-            self.code, 1,
-            "stderr: {}\nstdout: {}",
-            self.stderr, self.stdout
-        );
-        assert!(
-            self.stdout.is_empty(),
-            "errors are not data: {}",
-            self.stdout
-        );
-        assert!(
-            self.stderr.starts_with(&format!("error: {code}: ")),
-            "{}",
-            self.stderr
-        );
-        assert!(self.stderr.contains(&status.to_string()), "{}", self.stderr);
-        &self.stderr
-    }
-}
-
-/// Run `puffle <args>` against the app, after `adjust`. Stdin, stdout and stderr are not
-/// terminals (as in a script). Every run checks that the API key shows up on neither stream.
-async fn run_with(app: &TestApp, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Run {
-    let mut cmd = app.cli();
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    adjust(&mut cmd);
-    let output = tokio::task::spawn_blocking(move || cmd.output().expect("puffle runs"))
-        .await
-        .unwrap();
-    let run = Run {
-        code: output.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8(output.stdout).expect("UTF-8 stdout"),
-        stderr: String::from_utf8(output.stderr).expect("UTF-8 stderr"),
-    };
-    for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
-        assert!(
-            !text.contains(&app.key),
-            "the API key leaked on {name} of puffle {args:?}"
-        );
-    }
-    run
-}
-
-async fn puffle(app: &TestApp, args: &[&str]) -> Run {
-    run_with(app, args, |_| {}).await
+async fn puffle(app: &TestApp, args: &[&str]) -> CliRun {
+    run_cli(app, args, None, |_| {}).await
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {

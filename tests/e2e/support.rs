@@ -1417,3 +1417,96 @@ pub fn parse_csv(text: &str) -> (Vec<String>, Vec<std::collections::HashMap<Stri
         .collect();
     (header, rows)
 }
+
+/// What one run of the binary produced.
+pub struct CliRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    pub fn ok(&self) -> &str {
+        assert_eq!(
+            self.code, 0,
+            "stderr: {}\nstdout: {}",
+            self.stderr, self.stdout
+        );
+        &self.stdout
+    }
+
+    /// Assert success and parse stdout as one JSON document.
+    pub fn json(&self) -> Value {
+        let out = self.ok();
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {out}"))
+    }
+
+    /// Assert an API error: exit 1, nothing on stdout, `error: <code>: …` naming the HTTP status.
+    pub fn api_error(&self, code: &str, status: u16) -> &str {
+        assert_eq!(
+            self.code, 1,
+            "stderr: {}\nstdout: {}",
+            self.stderr, self.stdout
+        );
+        assert!(
+            self.stdout.is_empty(),
+            "errors are not data: {}",
+            self.stdout
+        );
+        assert!(
+            self.stderr.starts_with(&format!("error: {code}: ")),
+            "{}",
+            self.stderr
+        );
+        assert!(self.stderr.contains(&status.to_string()), "{}", self.stderr);
+        &self.stderr
+    }
+}
+
+/// Run `puffle <args>` (with the app's base URL and key unless `adjust` changes them), feeding
+/// `stdin`. Every run checks that the API key shows up in neither stdout nor stderr.
+pub async fn run_cli(
+    app: &TestApp,
+    args: &[&str],
+    stdin: Option<&str>,
+    adjust: impl FnOnce(&mut std::process::Command),
+) -> CliRun {
+    use std::io::Write as _;
+    let mut cmd = app.cli();
+    cmd.args(args);
+    adjust(&mut cmd);
+    let stdin = stdin.map(str::to_owned);
+    let output = tokio::task::spawn_blocking(move || {
+        cmd.stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("puffle starts");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("piped stdin")
+                .write_all(text.as_bytes())
+                .expect("stdin written");
+        }
+        child.wait_with_output().expect("puffle runs")
+    })
+    .await
+    .unwrap();
+    let run = CliRun {
+        code: output.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8(output.stdout).expect("UTF-8 stdout"),
+        stderr: String::from_utf8(output.stderr).expect("UTF-8 stderr"),
+    };
+    for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
+        assert!(
+            !text.contains(&app.key),
+            "the API key leaked on {name} of puffle {args:?}"
+        );
+    }
+    run
+}
