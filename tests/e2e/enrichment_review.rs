@@ -12,7 +12,7 @@ async fn fill_empty_checks_the_membership_when_results_go_there() {
         .list(json!({"name": "Accounts", "leadType": "company"}))
         .await;
     let list_id = list["id"].as_str().unwrap().to_string();
-    let leads = app.companies("member", 3, Some(&list_id)).await;
+    app.companies("member", 3, Some(&list_id)).await;
     let body = |key: &str| {
         json!({"enrichmentId": "company_domain", "scope": {"type": "list", "listId": list_id},
                "output": {"target": "membership", "writePolicy": "fill_empty"},
@@ -43,7 +43,6 @@ async fn fill_empty_checks_the_membership_when_results_go_there() {
             "started items show their lead"
         );
     }
-    assert_eq!(leads.len(), 3);
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use puffle_domain::account::{ApiKey, Role, User, Workspace, KEY_PUBLIC_LEN};
+use puffle_domain::account::{ApiKey, Role, User, Workspace};
 use puffle_domain::credits::FREE_PLAN_CREDITS;
 use puffle_domain::lead::{
     fill_attributes, Lead, LeadFields, ListRef, Membership, NewLead, SearchText,
@@ -584,7 +584,7 @@ impl Store for SqliteStore {
              u.created_at FROM api_keys k JOIN users u ON u.id = k.user_id \
              WHERE k.prefix = ? AND k.revoked_at IS NULL",
         )
-        .bind(&key.expose()[..KEY_PUBLIC_LEN])
+        .bind(key.public_prefix())
         .fetch_all(&self.read)
         .await?;
         for row in rows {
