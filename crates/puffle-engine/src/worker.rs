@@ -46,13 +46,15 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Start a pool of `config.concurrency` slots. `wake` is notified when a run is created.
+    /// Start a pool of `config.concurrency` slots. `wake` is notified when a run is created (in
+    /// this process, or, on a shared database, by any process of the fleet).
     pub fn start(
         store: Arc<dyn Store>,
         catalog: Arc<Catalog>,
         config: EngineConfig,
         wake: Arc<Notify>,
     ) -> WorkerPool {
+        store.subscribe_work(Arc::downgrade(&wake));
         let (shutdown, rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             executor: Executor::new(&config),

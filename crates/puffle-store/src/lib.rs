@@ -3,7 +3,10 @@
 //! no backend-specific assumption, leaves this crate.
 
 mod keys;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod runs;
+pub mod scratch;
 mod sqlite;
 
 use std::sync::Arc;
@@ -244,12 +247,16 @@ pub trait Store: RunStore + Send + Sync + 'static {
     ) -> Result<List>;
 }
 
-/// Open the database behind `url` (`sqlite://path`, `sqlite::memory:`), creating it if needed.
+/// Open the database behind `url`: `sqlite://path` or `sqlite::memory:` (created if needed), or
+/// `postgres://user@host/db` (the database must exist).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         return Ok(Arc::new(sqlite::SqliteStore::open(url).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(Arc::new(postgres::PgStore::open(url).await?));
+        #[cfg(not(feature = "postgres"))]
         return Err(StoreError::Internal(
             "the PostgreSQL backend is not built yet; use a sqlite:// URL".into(),
         ));

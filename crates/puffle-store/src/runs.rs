@@ -225,4 +225,10 @@ pub trait RunStore: Send + Sync {
     async fn rescue_expired(&self, now_ms: i64) -> Result<u64>;
     /// Fail a run: it becomes `failed` with `message`; its pending items are skipped/`run_failed`.
     async fn fail_run(&self, run_id: &str, message: &str) -> Result<()>;
+    /// Notify `wake` whenever another process announces new work (a backend shared by a fleet
+    /// listens for it; an embedded one has no other process, and does nothing). Stops once
+    /// `wake` has no other owner.
+    fn subscribe_work(&self, wake: std::sync::Weak<tokio::sync::Notify>) {
+        let _ = wake;
+    }
 }

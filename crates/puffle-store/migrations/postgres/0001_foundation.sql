@@ -1,0 +1,2 @@
+-- Accounts, credits, leads, lists and memberships (the PostgreSQL twin of
+-- migrations/sqlite/0001_foundation.sql; written by the helper that ports the store).

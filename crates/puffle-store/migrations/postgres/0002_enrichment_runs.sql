@@ -1,0 +1,1 @@
+-- Enrichment runs and their items (the PostgreSQL twin of migrations/sqlite/0002).

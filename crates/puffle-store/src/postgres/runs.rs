@@ -1,0 +1,1 @@
+//! Enrichment runs and items on PostgreSQL.
