@@ -1,5 +1,6 @@
-//! End-to-end tests: a real server on port 0 with a fresh database per test, real HTTP.
-//! One test binary for the whole suite (see DEVELOPERS.md: keep builds lean).
+// End-to-end tests: a real server on port 0 with a fresh database per test, real HTTP.
+// One test binary per storage backend: this one is SQLite; main_postgres.rs builds the same
+// modules again for PostgreSQL (no inner doc comment here, as that file includes this one).
 
 mod support;
 
@@ -13,6 +14,7 @@ mod enrichment_review;
 mod enrichment_runs;
 mod enrichment_worker;
 mod errors;
+mod fleet;
 mod import;
 mod leads;
 mod lists;

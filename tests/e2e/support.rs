@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use puffle_server::{Config, Running};
+use puffle_store::scratch::{server_url, ScratchDatabase};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -19,6 +20,36 @@ pub struct TestApp {
     server: Option<Running>,
     /// The configuration the server was (last) started with, for [`TestApp::restart`].
     config: Config,
+    /// On PostgreSQL, the test's own database, dropped after the server (fields drop in order).
+    _database: Option<ScratchDatabase>,
+}
+
+/// Whether this build of the suite runs on PostgreSQL: the same tests are built twice, as the
+/// `e2e` target (SQLite) and the `e2e_postgres` target.
+pub fn on_postgres() -> bool {
+    env!("CARGO_CRATE_NAME") == "e2e_postgres"
+}
+
+/// A fresh, empty database for one test: a file in `dir` on SQLite, a database of its own on
+/// PostgreSQL. Without a PostgreSQL server the PostgreSQL suite is skipped as a whole (with a
+/// message), unless `PUFFLE_TEST_REQUIRE_POSTGRES` is set, as CI does.
+pub async fn fresh_database(dir: &std::path::Path) -> (String, Option<ScratchDatabase>) {
+    if !on_postgres() {
+        let url = format!("sqlite://{}", dir.join("puffle.db").display());
+        return (url, None);
+    }
+    match ScratchDatabase::create(&server_url()).await {
+        Ok(db) => (db.url.clone(), Some(db)),
+        Err(e) if std::env::var_os("PUFFLE_TEST_REQUIRE_POSTGRES").is_none() => {
+            eprintln!(
+                "skipped: the PostgreSQL end-to-end suite needs a server at {} ({e}); \
+                 set PUFFLE_TEST_POSTGRES_URL to point it elsewhere",
+                server_url()
+            );
+            std::process::exit(0)
+        }
+        Err(e) => panic!("no PostgreSQL at {}: {e}", server_url()),
+    }
 }
 
 /// A response: status code and JSON body (`Value::Null` when the body is not JSON).
@@ -38,7 +69,17 @@ impl TestApp {
     /// Start a server after letting the test adjust its configuration.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
-        let database_url = format!("sqlite://{}", dir.path().join("puffle.db").display());
+        let (database_url, database) = fresh_database(dir.path()).await;
+        Self::spawn_on(dir, database_url, database, adjust).await
+    }
+
+    /// Start a server on an empty database the test provides.
+    pub async fn spawn_on(
+        dir: tempfile::TempDir,
+        database_url: String,
+        database: Option<ScratchDatabase>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestApp {
         let mut config = Config::new("127.0.0.1:0", database_url.clone());
         adjust(&mut config);
         let server = puffle_server::start(config.clone())
@@ -58,6 +99,7 @@ impl TestApp {
             database_url,
             server: Some(server),
             config,
+            _database: database,
         }
     }
 

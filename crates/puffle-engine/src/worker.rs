@@ -124,7 +124,7 @@ struct RunSpec {
 async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Finish>();
-    let writer = tokio::spawn(write_outcomes(shared.clone(), done_rx));
+    let writer = tokio::spawn(write_outcomes(shared.clone(), done_rx, shutdown.clone()));
     let heartbeat = tokio::spawn(heartbeat(shared.clone()));
     let rescue_every =
         (shared.config.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
@@ -443,8 +443,15 @@ fn backoff(config: &EngineConfig, attempt: u32, retry_after: Option<Duration>) -
     jittered.max(retry_after.unwrap_or_default())
 }
 
-/// Write outcomes in batches; a failed write is retried, then left to lease expiry.
-async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) {
+/// Write outcomes in batches. A failed write (the database restarting, say) is retried for as
+/// long as the worker lives: its heartbeat keeps the items' leases alive, so giving up would
+/// leave them `running` for good. Once shutting down, a write that keeps failing is abandoned
+/// and the items run again when their leases expire.
+async fn write_outcomes(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Finish>,
+    shutdown: watch::Receiver<bool>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < FINISH_BATCH {
@@ -453,7 +460,7 @@ async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Fin
                 Err(_) => break,
             }
         }
-        let mut tries = 0;
+        let mut tries: u32 = 0;
         loop {
             tries += 1;
             match shared
@@ -462,14 +469,15 @@ async fn write_outcomes(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Fin
                 .await
             {
                 Ok(_) => break,
-                Err(e) if tries < 5 => {
-                    tracing::warn!(error = %e, "recording outcomes failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
-                }
-                Err(e) => {
+                Err(e) if *shutdown.borrow() && tries >= 5 => {
                     tracing::error!(error = %e, items = batch.len(),
                         "recording outcomes failed; the items will run again when their leases expire");
                     break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt = tries, "recording outcomes failed; retrying");
+                    let pause = Duration::from_millis(200 * u64::from(tries.min(25)));
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
