@@ -95,7 +95,10 @@ async fn assert_every_result_landed(app: &TestApp, run: &str, leads: &[String]) 
         let lead = &leads_by_id[item["leadId"].as_str().unwrap()];
         let domain = lead["domain"].as_str().unwrap();
         let result = item["result"].as_str().expect("a string result");
-        assert!(result.starts_with(&format!("{domain}#")), "{result} for {domain}");
+        assert!(
+            result.starts_with(&format!("{domain}#")),
+            "{result} for {domain}"
+        );
         assert_eq!(lead["attributes"]["custom_http"], item["result"], "{lead}");
     }
 }
@@ -141,9 +144,15 @@ async fn workers_killed_at_random_lose_nothing_and_write_nothing_twice() {
     let item_writes = audited_writes(&app.database_url, "item").await;
     let lead_writes = audited_writes(&app.database_url, "lead").await;
     assert_eq!(item_writes.len(), 3000);
-    assert!(item_writes.values().all(|n| *n == 1), "an item completed twice");
+    assert!(
+        item_writes.values().all(|n| *n == 1),
+        "an item completed twice"
+    );
     assert_eq!(lead_writes.len(), 3000);
-    assert!(lead_writes.values().all(|n| *n == 1), "a result written twice");
+    assert!(
+        lead_writes.values().all(|n| *n == 1),
+        "a result written twice"
+    );
     eprintln!(
         "fleet: {kills} kills, vendor calls {} for 3000 items",
         vendor.count()
@@ -264,7 +273,11 @@ async fn a_run_survives_a_postgresql_restart() {
                 break r.body["run"].clone();
             }
         }
-        assert!(Instant::now() < deadline, "run not done after the restart: {}", r.text);
+        assert!(
+            Instant::now() < deadline,
+            "run not done after the restart: {}",
+            r.text
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     kill(&mut worker);
