@@ -1306,3 +1306,342 @@ impl RunStore for PgStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! What matters once several processes share the database; the behaviour both backends
+    //! share is covered by the conformance suite.
+
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use puffle_domain::account::ApiKey;
+    use puffle_domain::lead::LeadInput;
+
+    use super::*;
+    use crate::scratch::{server_url, ScratchDatabase};
+    use crate::Store;
+
+    /// A fresh database with the schema and a bootstrapped workspace, or `None` (with a message)
+    /// when no PostgreSQL server answers.
+    async fn scratch() -> Option<(ScratchDatabase, PgStore, String, String)> {
+        let db = match ScratchDatabase::create(&server_url()).await {
+            Ok(db) => db,
+            Err(e) => {
+                eprintln!("skipping: no PostgreSQL server at {} ({e})", server_url());
+                return None;
+            }
+        };
+        let store = PgStore::open(&db.url).await.unwrap();
+        store.migrate().await.unwrap();
+        let (ws, user) = store
+            .bootstrap("admin@localhost", &ApiKey::from_random([7; 32]))
+            .await
+            .unwrap()
+            .unwrap();
+        Some((db, store, ws.id, user.id))
+    }
+
+    /// Another "process": a store with a pool of its own on the same database.
+    async fn second_process(db: &ScratchDatabase) -> PgStore {
+        PgStore::open(&db.url).await.unwrap()
+    }
+
+    fn targets(n: usize) -> Vec<ItemTarget> {
+        (0..n)
+            .map(|_| ItemTarget {
+                lead_id: new_id(),
+                list_id: None,
+                membership_id: None,
+            })
+            .collect()
+    }
+
+    fn new_run(ws: &str, user: &str, targets: Vec<ItemTarget>, key: Option<&str>) -> NewRun {
+        NewRun {
+            workspace_id: ws.into(),
+            user_id: user.into(),
+            mode: RunMode::Persisted,
+            enrichment_slug: "company_domain".into(),
+            enrichment_snapshot: json!({}),
+            subject: Subject::Any,
+            scope_type: "explicit_leads".into(),
+            list_id: None,
+            scope_requested: json!({}),
+            targets,
+            output_target: OutputTarget::Lead,
+            attribute_key: "company_domain".into(),
+            write_policy: WritePolicy::Overwrite,
+            persist_results: true,
+            input: json!({}),
+            credit_action: "custom_http".into(),
+            cost_per_unit: 0,
+            total_credits: 0,
+            idempotency_key: key.map(str::to_string),
+            display_request: None,
+        }
+    }
+
+    fn completed(item: &ClaimedItem, write: Option<AttributeWrite>) -> Finish {
+        Finish {
+            item_id: item.id.clone(),
+            lease_token: item.lease_token.clone(),
+            run_id: item.run_id.clone(),
+            outcome: FinishOutcome::Completed {
+                result: Some(json!("x.io")),
+                write,
+            },
+            executed: true,
+            input_snapshot: None,
+            lead_snapshot: None,
+            raw_result: None,
+            provider: Some("test".into()),
+        }
+    }
+
+    /// Claim and finish in batches until nothing is left; returns every item id claimed.
+    async fn drain(store: Arc<PgStore>, worker: String) -> Vec<String> {
+        let mut mine = Vec::new();
+        loop {
+            let claimed = store
+                .claim_items(&worker, 25, 1_000, 600_000)
+                .await
+                .unwrap();
+            if claimed.is_empty() {
+                return mine;
+            }
+            let finishes = claimed.iter().map(|c| completed(c, None)).collect();
+            let recorded = store.finish_items(&worker, finishes, 2_000).await.unwrap();
+            assert_eq!(recorded as usize, claimed.len());
+            mine.extend(claimed.into_iter().map(|c| c.id));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fleet_claims_every_item_once() {
+        let Some((db, a, ws, user)) = scratch().await else {
+            return;
+        };
+        let b = second_process(&db).await;
+        let (big, _) = a
+            .create_run(new_run(&ws, &user, targets(3000), None))
+            .await
+            .unwrap();
+        let (small, _) = a
+            .create_run(new_run(&ws, &user, targets(40), None))
+            .await
+            .unwrap();
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let mut workers = Vec::new();
+        for w in 0..8 {
+            let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+            workers.push(tokio::spawn(drain(store, format!("w{w}"))));
+        }
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(w.await.unwrap());
+        }
+        let unique: HashSet<&String> = all.iter().collect();
+        assert_eq!(unique.len(), all.len(), "an item was claimed twice");
+        assert_eq!(all.len(), 3040);
+        for (run, n) in [(&big, 3000), (&small, 40)] {
+            let now = a.run_for_worker(&run.id).await.unwrap();
+            assert_eq!(now.status, RunStatus::Completed);
+            assert_eq!(now.counts.completed, n);
+            assert_eq!(now.counts.total(), n);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rescued_item_is_recorded_by_its_new_holder_only() {
+        let Some((_db, store, ws, user)) = scratch().await else {
+            return;
+        };
+        let input: LeadInput =
+            serde_json::from_value(json!({"type": "company", "domain": "acme.io"})).unwrap();
+        let (lead, _) = store
+            .create_lead(&ws, input.into_new_lead(new_id).unwrap())
+            .await
+            .unwrap();
+        let target = ItemTarget {
+            lead_id: lead.id.clone(),
+            list_id: None,
+            membership_id: None,
+        };
+        let (run, _) = store
+            .create_run(new_run(&ws, &user, vec![target], None))
+            .await
+            .unwrap();
+        let write = |value: &str| AttributeWrite {
+            target: OutputTarget::Lead,
+            workspace_id: ws.clone(),
+            lead_id: lead.id.clone(),
+            membership_id: None,
+            key: "company_domain".into(),
+            value: json!(value),
+        };
+        // The same worker name claims twice: only the token tells the two leases apart.
+        let first = store.claim_items("w1", 1, 1_000, 2_000).await.unwrap();
+        assert_eq!(store.rescue_expired(5_000).await.unwrap(), 1);
+        let second = store.claim_items("w1", 1, 5_000, 60_000).await.unwrap();
+        assert_eq!(second.len(), 1);
+        assert_ne!(first[0].lease_token, second[0].lease_token);
+
+        let stale = completed(&first[0], Some(write("stale.io")));
+        assert_eq!(
+            store.finish_items("w1", vec![stale], 6_000).await.unwrap(),
+            0
+        );
+        let current = completed(&second[0], Some(write("fresh.io")));
+        assert_eq!(
+            store
+                .finish_items("w1", vec![current], 6_000)
+                .await
+                .unwrap(),
+            1
+        );
+        let again = completed(&second[0], Some(write("twice.io")));
+        assert_eq!(
+            store.finish_items("w1", vec![again], 6_000).await.unwrap(),
+            0
+        );
+
+        let lead = store.leads_by_id(&ws, &[lead.id]).await.unwrap().remove(0);
+        assert_eq!(lead.attributes["company_domain"], json!("fresh.io"));
+        let run = store.run_for_worker(&run.id).await.unwrap();
+        assert_eq!(
+            (run.status, run.counts.completed),
+            (RunStatus::Completed, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_duplicates_from_two_processes_make_one_run() {
+        let Some((db, a, ws, user)) = scratch().await else {
+            return;
+        };
+        let b = Arc::new(second_process(&db).await);
+        let a = Arc::new(a);
+        let before = a.balance(&ws).await.unwrap();
+        let mut calls = Vec::new();
+        for i in 0..8 {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let mut run = new_run(&ws, &user, targets(50), Some("same-key"));
+            (run.cost_per_unit, run.total_credits) = (1, 50);
+            calls.push(tokio::spawn(async move { store.create_run(run).await }));
+        }
+        let mut ids = HashSet::new();
+        let mut created = 0;
+        for call in calls {
+            let (run, reused) = call.await.unwrap().unwrap();
+            created += usize::from(!reused);
+            ids.insert(run.id);
+        }
+        assert_eq!((created, ids.len()), (1, 1));
+        assert_eq!(a.balance(&ws).await.unwrap(), before - 50);
+        let items: i64 = sqlx::query_scalar("SELECT count(*) FROM enrichment_items")
+            .fetch_one(&a.pool)
+            .await
+            .unwrap();
+        assert_eq!(items, 50);
+    }
+
+    #[tokio::test]
+    async fn cancelling_under_load_strands_nothing() {
+        let Some((db, a, ws, user)) = scratch().await else {
+            return;
+        };
+        let b = Arc::new(second_process(&db).await);
+        let a = Arc::new(a);
+        let (run, _) = a
+            .create_run(new_run(&ws, &user, targets(2000), None))
+            .await
+            .unwrap();
+        // Workers that retry everything they claim, while the run is cancelled under them.
+        let mut workers = Vec::new();
+        for w in 0..6 {
+            let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+            workers.push(tokio::spawn(async move {
+                let worker = format!("w{w}");
+                for _ in 0..40 {
+                    let claimed = store
+                        .claim_items(&worker, 20, 1_000, 600_000)
+                        .await
+                        .unwrap();
+                    let retries = claimed
+                        .iter()
+                        .map(|c| Finish {
+                            outcome: FinishOutcome::Retry {
+                                due_at_ms: 0,
+                                message: "503".into(),
+                            },
+                            ..completed(c, None)
+                        })
+                        .collect();
+                    store.finish_items(&worker, retries, 2_000).await.unwrap();
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let cancelled = a.cancel_run(&ws, &user, &run.id).await.unwrap();
+        assert_eq!(cancelled.status, RunStatus::Cancelled);
+        for w in workers {
+            w.await.unwrap();
+        }
+        let run = a.run_for_worker(&run.id).await.unwrap();
+        assert_eq!((run.counts.pending, run.counts.running), (0, 0));
+        assert_eq!(run.counts.skipped, 2000);
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM enrichment_items WHERE status IN ('pending', 'running')",
+        )
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
+        assert_eq!(pending, 0);
+    }
+
+    #[tokio::test]
+    async fn a_new_run_wakes_workers_of_other_processes() {
+        let Some((db, a, ws, user)) = scratch().await else {
+            return;
+        };
+        let b = second_process(&db).await;
+        let wake = Arc::new(Notify::new());
+        b.subscribe_work(Arc::downgrade(&wake));
+        // The first wake-up says "listening" (anything announced before may have been missed).
+        tokio::time::timeout(Duration::from_secs(10), wake.notified())
+            .await
+            .expect("the listener starts");
+        a.create_run(new_run(&ws, &user, targets(1), None))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), wake.notified())
+            .await
+            .expect("a run created by another process wakes this one");
+    }
+
+    #[tokio::test]
+    async fn a_run_of_100000_leads_is_created_in_one_go() {
+        let Some((_db, store, ws, user)) = scratch().await else {
+            return;
+        };
+        let many = targets(100_000);
+        let started = Instant::now();
+        let (run, _) = store
+            .create_run(new_run(&ws, &user, many, None))
+            .await
+            .unwrap();
+        println!("create_run of 100,000 targets took {:?}", started.elapsed());
+        assert_eq!((run.resolved_count, run.counts.pending), (100_000, 100_000));
+        let query = ItemQuery {
+            limit: 100,
+            ..ItemQuery::default()
+        };
+        let (page, more) = store.items(&run.id, &query).await.unwrap();
+        assert!(more && page.len() == 100);
+        let started = Instant::now();
+        let claimed = store.claim_items("w1", 50, 1_000, 60_000).await.unwrap();
+        println!("a claim of 50 from it took {:?}", started.elapsed());
+        assert_eq!(claimed.len(), 50);
+    }
+}
