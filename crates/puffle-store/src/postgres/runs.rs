@@ -1621,6 +1621,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_listener_survives_losing_its_connection() {
+        let Some((db, a, ws, user)) = scratch().await else {
+            return;
+        };
+        let b = second_process(&db).await;
+        let wake = Arc::new(Notify::new());
+        b.subscribe_work(Arc::downgrade(&wake));
+        let wait = |what: &'static str| {
+            let wake = wake.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), wake.notified())
+                    .await
+                    .expect(what)
+            }
+        };
+        wait("the listener starts").await;
+        // What a database restart does to every session: the server ends the connection.
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_all(&a.pool)
+        .await
+        .unwrap();
+        assert_eq!(ended, vec![true]);
+        wait("the listener reconnects and says so").await;
+        a.create_run(new_run(&ws, &user, targets(1), None))
+            .await
+            .unwrap();
+        wait("a new run is heard on the new connection").await;
+    }
+
+    #[tokio::test]
     async fn a_run_of_100000_leads_is_created_in_one_go() {
         let Some((_db, store, ws, user)) = scratch().await else {
             return;
