@@ -1,1 +1,1680 @@
-//! Enrichment runs and items on PostgreSQL.
+//! Enrichment runs and items on PostgreSQL, shared by a fleet of API and worker processes.
+//!
+//! SQLite serializes every write; here many transactions run at once, so one locking order holds
+//! everywhere and keeps them free of deadlocks:
+//!
+//! 1. run rows first: in id order when a transaction waits for them, or with `SKIP LOCKED` (which
+//!    never waits) when it may do without some;
+//! 2. then item rows (claims take them with `SKIP LOCKED`; heartbeats too);
+//! 3. then leads, then memberships, each in id order.
+//!
+//! Holding a run's row also makes its status a stable answer for the rest of the transaction: a
+//! cancel cannot slip in between a requeue's "is the run still active?" and its write (which
+//! would leave a `pending` item in a cancelled run forever), and the status counts on the row
+//! change with the items they count.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Weak;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use puffle_domain::lead::Lead;
+use puffle_domain::run::{
+    Counts, ItemStatus, OutputTarget, RunMode, RunStatus, SkipReason, Subject, WritePolicy,
+};
+use puffle_domain::{new_id, now_timestamp, Invalid};
+use serde_json::{json, Map, Value};
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, QueryBuilder, Row};
+use tokio::sync::Notify;
+
+use super::{add_credits, attach_lists, decode_err, ensure_list, lead_from, PgStore, WORK_CHANNEL};
+use crate::runs::*;
+use crate::{Result, StoreError};
+
+const RUN_COLUMNS: &str = "id, workspace_id, user_id, status, mode, enrichment_slug, \
+    enrichment_snapshot, subject, scope_type, list_id, scope_requested, resolved_count, \
+    output_target, attribute_key, write_policy, persist_results, input, credit_action, \
+    cost_per_unit, total_credits, idempotency_key, display_request, error, n_pending, n_running, \
+    n_completed, n_skipped, n_failed, started_at, completed_at, cancelled_at, created_at, updated_at";
+
+const ITEM_COLUMNS: &str = "id, run_id, lead_id, list_id, membership_id, status, result, \
+    skipped_reason, error, attempts, input_snapshot, lead_snapshot, raw_result, provider, \
+    provider_submission_id, started_at, completed_at, created_at, updated_at";
+
+/// Active runs considered per claim (round-robin by least recently claimed).
+const CLAIM_RUNS: i64 = 16;
+/// Items per `INSERT … SELECT FROM unnest(…)`: big enough that a 100,000-lead run is a handful
+/// of statements, small enough to keep each message a few megabytes.
+const INSERT_CHUNK: usize = 20_000;
+
+fn json_column(row: &PgRow, column: &str) -> Result<Option<Value>> {
+    let text: Option<String> = row.try_get(column)?;
+    Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+}
+
+fn parse_enum<T>(row: &PgRow, column: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    let text: String = row.try_get(column)?;
+    parse(&text).ok_or_else(|| decode_err(column, &text))
+}
+
+fn run_from(row: &PgRow) -> Result<Run> {
+    let persist: i64 = row.try_get("persist_results")?;
+    Ok(Run {
+        id: row.try_get("id")?,
+        workspace_id: row.try_get("workspace_id")?,
+        user_id: row.try_get("user_id")?,
+        status: parse_enum(row, "status", RunStatus::parse)?,
+        mode: parse_enum(row, "mode", RunMode::parse)?,
+        enrichment_slug: row.try_get("enrichment_slug")?,
+        enrichment_snapshot: json_column(row, "enrichment_snapshot")?.unwrap_or(Value::Null),
+        subject: parse_enum(row, "subject", Subject::parse)?,
+        scope_type: row.try_get("scope_type")?,
+        list_id: row.try_get("list_id")?,
+        scope_requested: json_column(row, "scope_requested")?.unwrap_or(Value::Null),
+        resolved_count: row.try_get("resolved_count")?,
+        counts: Counts {
+            pending: row.try_get("n_pending")?,
+            running: row.try_get("n_running")?,
+            completed: row.try_get("n_completed")?,
+            skipped: row.try_get("n_skipped")?,
+            failed: row.try_get("n_failed")?,
+        },
+        output_target: parse_enum(row, "output_target", OutputTarget::parse)?,
+        attribute_key: row.try_get("attribute_key")?,
+        write_policy: parse_enum(row, "write_policy", WritePolicy::parse)?,
+        persist_results: persist != 0,
+        input: json_column(row, "input")?.unwrap_or(Value::Null),
+        credit_action: row.try_get("credit_action")?,
+        cost_per_unit: row.try_get("cost_per_unit")?,
+        total_credits: row.try_get("total_credits")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        display_request: json_column(row, "display_request")?,
+        error: json_column(row, "error")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        cancelled_at: row.try_get("cancelled_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn item_from(row: &PgRow) -> Result<Item> {
+    let skipped: Option<String> = row.try_get("skipped_reason")?;
+    Ok(Item {
+        id: row.try_get("id")?,
+        run_id: row.try_get("run_id")?,
+        lead_id: row.try_get("lead_id")?,
+        list_id: row.try_get("list_id")?,
+        membership_id: row.try_get("membership_id")?,
+        status: parse_enum(row, "status", ItemStatus::parse)?,
+        result: json_column(row, "result")?,
+        skipped_reason: skipped
+            .map(|s| SkipReason::parse(&s).ok_or_else(|| decode_err("skipped_reason", &s)))
+            .transpose()?,
+        error: json_column(row, "error")?,
+        attempts: row.try_get("attempts")?,
+        input_snapshot: json_column(row, "input_snapshot")?,
+        lead_snapshot: json_column(row, "lead_snapshot")?,
+        raw_result: json_column(row, "raw_result")?,
+        provider: row.try_get("provider")?,
+        provider_submission_id: row.try_get("provider_submission_id")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn to_text(v: &Option<Value>) -> Option<String> {
+    v.as_ref().map(Value::to_string)
+}
+
+async fn load_run(conn: &mut PgConnection, id: &str) -> Result<Run> {
+    let row = sqlx::query(&format!(
+        "SELECT {RUN_COLUMNS} FROM enrichment_runs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::NotFound("enrichment run"))?;
+    run_from(&row)
+}
+
+/// Lock the rows of `runs` in id order (waiting for other holders) and return their statuses.
+/// Every transaction that waits for several run rows takes them this way, so none can wait in a
+/// cycle.
+async fn lock_runs(conn: &mut PgConnection, runs: &[String]) -> Result<HashMap<String, String>> {
+    if runs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(
+        "SELECT id, status FROM enrichment_runs WHERE id = ANY($1) ORDER BY id \
+         FOR NO KEY UPDATE",
+    )
+    .bind(runs)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// The skip reason a requeued item gets instead of `pending` when its run ended meanwhile.
+fn ended_run_reason(status: Option<&str>) -> Option<SkipReason> {
+    match status {
+        Some("cancelled") => Some(SkipReason::RunCancelled),
+        Some("failed") => Some(SkipReason::RunFailed),
+        _ => None,
+    }
+}
+
+/// Per-run changes of the status counts, applied once per transaction.
+#[derive(Default)]
+struct CountDeltas(HashMap<String, [i64; 5]>);
+
+impl CountDeltas {
+    fn slot(status: ItemStatus) -> usize {
+        match status {
+            ItemStatus::Pending => 0,
+            ItemStatus::Running => 1,
+            ItemStatus::Completed => 2,
+            ItemStatus::Skipped => 3,
+            ItemStatus::Failed => 4,
+        }
+    }
+
+    fn moved(&mut self, run: &str, from: ItemStatus, to: ItemStatus, n: i64) {
+        let d = self.0.entry(run.to_string()).or_default();
+        d[Self::slot(from)] -= n;
+        d[Self::slot(to)] += n;
+    }
+
+    /// One statement for every run touched; a `pending`/`running` run left with no pending or
+    /// running item becomes `completed` in the same statement. The caller holds the run rows
+    /// already (see the module comment), so this never waits.
+    async fn apply(self, conn: &mut PgConnection, now: &str) -> Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(self.0.len());
+        let mut cols: [Vec<i64>; 5] = Default::default();
+        for (run, d) in self.0 {
+            ids.push(run);
+            for (col, v) in cols.iter_mut().zip(d) {
+                col.push(v);
+            }
+        }
+        let [p, r, c, s, f] = cols;
+        sqlx::query(
+            "UPDATE enrichment_runs AS run SET n_pending = run.n_pending + d.p, \
+             n_running = run.n_running + d.r, n_completed = run.n_completed + d.c, \
+             n_skipped = run.n_skipped + d.s, n_failed = run.n_failed + d.f, updated_at = $7, \
+             status = CASE WHEN run.status IN ('pending', 'running') \
+                 AND run.n_pending + d.p = 0 AND run.n_running + d.r = 0 \
+                 THEN 'completed' ELSE run.status END, \
+             completed_at = CASE WHEN run.status IN ('pending', 'running') \
+                 AND run.n_pending + d.p = 0 AND run.n_running + d.r = 0 \
+                 THEN $7 ELSE run.completed_at END \
+             FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) \
+                 AS d(id, p, r, c, s, f) \
+             WHERE run.id = d.id",
+        )
+        .bind(&ids)
+        .bind(&p)
+        .bind(&r)
+        .bind(&c)
+        .bind(&s)
+        .bind(&f)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Skip every pending item of a run with `reason`; returns how many. The caller holds the run's
+/// row, and whoever else changes its pending items must hold it too, so this never waits.
+async fn skip_pending(
+    conn: &mut PgConnection,
+    run_id: &str,
+    reason: SkipReason,
+    now: &str,
+) -> Result<i64> {
+    let done = sqlx::query(
+        "UPDATE enrichment_items SET status = 'skipped', skipped_reason = $1, error = NULL, \
+         completed_at = $2, updated_at = $2 WHERE run_id = $3 AND status = 'pending'",
+    )
+    .bind(reason.as_str())
+    .bind(now)
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() as i64)
+}
+
+/// Write results onto leads' (or memberships') attributes: one locking read and one multi-row
+/// update per table. Several results for one lead in a batch apply in order.
+async fn write_attributes(
+    conn: &mut PgConnection,
+    writes: Vec<AttributeWrite>,
+    now: &str,
+) -> Result<()> {
+    let (to_memberships, to_leads): (Vec<_>, Vec<_>) = writes
+        .into_iter()
+        .partition(|w| w.target == OutputTarget::Membership && w.membership_id.is_some());
+    let lead_writes = to_leads.into_iter().map(|w| (w.lead_id, w.key, w.value));
+    merge_attributes_into(conn, "leads", lead_writes.collect(), Some(now)).await?;
+    let membership_writes = to_memberships
+        .into_iter()
+        .filter_map(|w| Some((w.membership_id?, w.key, w.value)));
+    merge_attributes_into(conn, "memberships", membership_writes.collect(), None).await
+}
+
+/// Set `key = value` in the `attributes` of rows of `table` (`leads` or `memberships`). Rows that
+/// no longer exist (deleted meanwhile) are left alone. The rows are read with a lock (in id
+/// order) because the merge happens here: an API edit or another worker's result committed
+/// between an unlocked read and the write would be lost.
+async fn merge_attributes_into(
+    conn: &mut PgConnection,
+    table: &str,
+    writes: Vec<(String, String, Value)>,
+    touch: Option<&str>,
+) -> Result<()> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = writes
+        .iter()
+        .map(|(id, _, _)| id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let rows = sqlx::query(&format!(
+        "SELECT id, attributes FROM {table} WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut merged: HashMap<String, Map<String, Value>> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let text: String = row.try_get(1)?;
+        merged.insert(row.try_get(0)?, serde_json::from_str(&text)?);
+    }
+    for (id, key, value) in writes {
+        if let Some(attributes) = merged.get_mut(&id) {
+            attributes.insert(key, value);
+        }
+    }
+    let mut ids = Vec::with_capacity(merged.len());
+    let mut docs = Vec::with_capacity(merged.len());
+    for (id, attributes) in merged {
+        ids.push(id);
+        docs.push(serde_json::to_string(&attributes)?);
+    }
+    let touch_sql = if touch.is_some() {
+        ", updated_at = $3"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE {table} AS t SET attributes = v.attributes{touch_sql} \
+         FROM unnest($1::text[], $2::text[]) AS v(id, attributes) WHERE t.id = v.id"
+    );
+    let mut update = sqlx::query(&sql).bind(&ids).bind(&docs);
+    if let Some(now) = touch {
+        update = update.bind(now);
+    }
+    update.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// One finish, ready to bind.
+struct FinishRow {
+    item_id: String,
+    lease_token: String,
+    run_id: String,
+    status: ItemStatus,
+    result: Option<String>,
+    skipped: Option<SkipReason>,
+    error: Option<String>,
+    attempts: i64,
+    input_snapshot: Option<String>,
+    lead_snapshot: Option<String>,
+    raw_result: Option<String>,
+    provider: Option<String>,
+    due_at: Option<i64>,
+    completed_at: Option<String>,
+    write: Option<AttributeWrite>,
+}
+
+impl FinishRow {
+    fn new(f: Finish, run_status: &HashMap<String, String>, now: &str) -> FinishRow {
+        let error = |message: String, details: Option<Value>| {
+            Some(json!({"message": message, "details": details}).to_string())
+        };
+        let (mut status, result, mut skipped, mut error, write, due_at) = match f.outcome {
+            FinishOutcome::Completed { result, write } => (
+                ItemStatus::Completed,
+                to_text(&result),
+                None,
+                None,
+                write,
+                None,
+            ),
+            FinishOutcome::Failed { message, details } => (
+                ItemStatus::Failed,
+                None,
+                None,
+                error(message, details),
+                None,
+                None,
+            ),
+            FinishOutcome::Skipped(reason) => {
+                (ItemStatus::Skipped, None, Some(reason), None, None, None)
+            }
+            FinishOutcome::Retry { due_at_ms, message } => (
+                ItemStatus::Pending,
+                None,
+                None,
+                error(message, None),
+                None,
+                Some(due_at_ms),
+            ),
+        };
+        if status == ItemStatus::Pending {
+            if let Some(reason) = ended_run_reason(run_status.get(&f.run_id).map(String::as_str)) {
+                (status, skipped, error) = (ItemStatus::Skipped, Some(reason), None);
+            }
+        }
+        FinishRow {
+            item_id: f.item_id,
+            lease_token: f.lease_token,
+            run_id: f.run_id,
+            status,
+            result,
+            skipped,
+            error,
+            attempts: i64::from(f.executed),
+            input_snapshot: to_text(&f.input_snapshot),
+            lead_snapshot: to_text(&f.lead_snapshot),
+            raw_result: to_text(&f.raw_result),
+            provider: f.provider,
+            due_at,
+            completed_at: status.is_terminal().then(|| now.to_string()),
+            write,
+        }
+    }
+}
+
+/// The finishes as one array per column, for one `UPDATE … FROM unnest(…)`.
+#[derive(Default)]
+struct FinishColumns {
+    id: Vec<String>,
+    status: Vec<&'static str>,
+    result: Vec<Option<String>>,
+    skipped: Vec<Option<&'static str>>,
+    error: Vec<Option<String>>,
+    attempts: Vec<i64>,
+    input_snapshot: Vec<Option<String>>,
+    lead_snapshot: Vec<Option<String>>,
+    raw_result: Vec<Option<String>>,
+    provider: Vec<Option<String>>,
+    due_at: Vec<Option<i64>>,
+    completed_at: Vec<Option<String>>,
+    token: Vec<String>,
+}
+
+impl FinishColumns {
+    fn of(rows: &[FinishRow]) -> FinishColumns {
+        let mut c = FinishColumns::default();
+        for r in rows {
+            c.id.push(r.item_id.clone());
+            c.status.push(r.status.as_str());
+            c.result.push(r.result.clone());
+            c.skipped.push(r.skipped.map(SkipReason::as_str));
+            c.error.push(r.error.clone());
+            c.attempts.push(r.attempts);
+            c.input_snapshot.push(r.input_snapshot.clone());
+            c.lead_snapshot.push(r.lead_snapshot.clone());
+            c.raw_result.push(r.raw_result.clone());
+            c.provider.push(r.provider.clone());
+            c.due_at.push(r.due_at);
+            c.completed_at.push(r.completed_at.clone());
+            c.token.push(r.lease_token.clone());
+        }
+        c
+    }
+}
+
+/// Record the finishes `worker` still holds the lease of; returns the ids recorded. The guard
+/// (running, this owner, this claim's token) drops the outcome of a lease that expired and was
+/// rescued: the current holder decides that item.
+async fn record_finishes(
+    conn: &mut PgConnection,
+    worker: &str,
+    rows: &[FinishRow],
+    now: &str,
+) -> Result<HashSet<String>> {
+    let c = FinishColumns::of(rows);
+    let recorded: Vec<String> = sqlx::query_scalar(
+        "UPDATE enrichment_items AS e SET status = v.status, result = v.result, \
+         skipped_reason = v.skipped, error = v.error, attempts = e.attempts + v.attempts, \
+         input_snapshot = coalesce(v.input_snapshot, e.input_snapshot), \
+         lead_snapshot = coalesce(v.lead_snapshot, e.lead_snapshot), raw_result = v.raw_result, \
+         provider = coalesce(v.provider, e.provider), due_at = coalesce(v.due_at, e.due_at), \
+         completed_at = v.completed_at, updated_at = $14, \
+         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
+             $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::text[], \
+             $13::text[]) \
+             AS v(id, status, result, skipped, error, attempts, input_snapshot, lead_snapshot, \
+                  raw_result, provider, due_at, completed_at, token) \
+         WHERE e.id = v.id AND e.status = 'running' AND e.lease_owner = $15 \
+             AND e.lease_token = v.token \
+         RETURNING e.id",
+    )
+    .bind(&c.id)
+    .bind(&c.status)
+    .bind(&c.result)
+    .bind(&c.skipped)
+    .bind(&c.error)
+    .bind(&c.attempts)
+    .bind(&c.input_snapshot)
+    .bind(&c.lead_snapshot)
+    .bind(&c.raw_result)
+    .bind(&c.provider)
+    .bind(&c.due_at)
+    .bind(&c.completed_at)
+    .bind(&c.token)
+    .bind(now)
+    .bind(worker)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(recorded.into_iter().collect())
+}
+
+/// Which leased items go back to pending, besides being `running` in one of the locked runs.
+enum RequeueGuard<'a> {
+    /// These items, if `worker` holds them (a release).
+    HeldBy {
+        worker: &'a str,
+        item_ids: &'a [String],
+    },
+    /// Every lease that expired before this instant (a rescue).
+    ExpiredBefore(i64),
+}
+
+/// Put leased items of `runs` back to pending (no attempt spent), or skip them if their run was
+/// cancelled or failed meanwhile. The caller holds the run rows, so `run_status` stays true until
+/// commit. Returns how many moved, with their count changes added to `deltas`.
+async fn requeue(
+    conn: &mut PgConnection,
+    deltas: &mut CountDeltas,
+    run_status: &HashMap<String, String>,
+    guard: RequeueGuard<'_>,
+    now: &str,
+) -> Result<u64> {
+    let (runs, skips): (Vec<&str>, Vec<Option<&str>>) = run_status
+        .iter()
+        .map(|(id, status)| {
+            let skip = ended_run_reason(Some(status)).map(SkipReason::as_str);
+            (id.as_str(), skip)
+        })
+        .unzip();
+    let mut q = QueryBuilder::<Postgres>::new(
+        "UPDATE enrichment_items AS e SET \
+         status = CASE WHEN s.skip IS NULL THEN 'pending' ELSE 'skipped' END, \
+         skipped_reason = s.skip, \
+         error = CASE WHEN s.skip IS NULL THEN e.error ELSE NULL END, \
+         completed_at = CASE WHEN s.skip IS NULL THEN NULL ELSE ",
+    );
+    q.push_bind(now)
+        .push(" END, updated_at = ")
+        .push_bind(now)
+        .push(
+            ", lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+             FROM unnest(",
+        )
+        .push_bind(runs)
+        .push("::text[], ")
+        .push_bind(skips)
+        .push(
+            "::text[]) AS s(run_id, skip) \
+             WHERE e.run_id = s.run_id AND e.status = 'running'",
+        );
+    match guard {
+        RequeueGuard::HeldBy { worker, item_ids } => {
+            q.push(" AND e.id = ANY(")
+                .push_bind(item_ids)
+                .push(") AND e.lease_owner = ")
+                .push_bind(worker);
+        }
+        RequeueGuard::ExpiredBefore(now_ms) => {
+            q.push(" AND e.lease_expires_at < ").push_bind(now_ms);
+        }
+    }
+    q.push(" RETURNING e.run_id, e.status");
+    let rows = q.build().fetch_all(&mut *conn).await?;
+    for row in &rows {
+        let run: String = row.try_get(0)?;
+        let to = parse_enum(row, "status", ItemStatus::parse)?;
+        deltas.moved(&run, ItemStatus::Running, to, 1);
+    }
+    Ok(rows.len() as u64)
+}
+
+/// Insert a run's row; `None` if the user already has a run with its idempotency key (the
+/// insert waits for a concurrent duplicate to commit or roll back, then conflicts or proceeds).
+async fn insert_run(
+    conn: &mut PgConnection,
+    id: &str,
+    run: &NewRun,
+    status: RunStatus,
+    now: &str,
+) -> Result<Option<String>> {
+    let count = run.targets.len() as i64;
+    let inserted: Option<String> = sqlx::query_scalar(&format!(
+        "INSERT INTO enrichment_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+         $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, NULL, $12, 0, 0, 0, 0, \
+         NULL, $23, NULL, $24, $24) \
+         ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+         RETURNING id"
+    ))
+    .bind(id)
+    .bind(&run.workspace_id)
+    .bind(&run.user_id)
+    .bind(status.as_str())
+    .bind(run.mode.as_str())
+    .bind(&run.enrichment_slug)
+    .bind(run.enrichment_snapshot.to_string())
+    .bind(run.subject.as_str())
+    .bind(&run.scope_type)
+    .bind(&run.list_id)
+    .bind(run.scope_requested.to_string())
+    .bind(count)
+    .bind(run.output_target.as_str())
+    .bind(&run.attribute_key)
+    .bind(run.write_policy.as_str())
+    .bind(i64::from(run.persist_results))
+    .bind(run.input.to_string())
+    .bind(&run.credit_action)
+    .bind(run.cost_per_unit)
+    .bind(run.total_credits)
+    .bind(&run.idempotency_key)
+    .bind(to_text(&run.display_request))
+    .bind((count == 0).then_some(now))
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(inserted)
+}
+
+/// Charge the run's price, refusing a short balance. The workspace row is locked before the
+/// balance is read, so two runs created at once by two processes cannot both spend it.
+async fn charge(conn: &mut PgConnection, run: &NewRun, run_id: &str) -> Result<()> {
+    if run.total_credits <= 0 {
+        return Ok(());
+    }
+    let balance: Option<i64> =
+        sqlx::query_scalar("SELECT balance FROM workspaces WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(&run.workspace_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let balance = balance.ok_or(StoreError::NotFound("workspace"))?;
+    if balance < run.total_credits {
+        return Err(StoreError::InsufficientCredits {
+            required: run.total_credits,
+            balance,
+        });
+    }
+    add_credits(
+        conn,
+        &run.workspace_id,
+        -run.total_credits,
+        "enrichment_run",
+        Some(run_id),
+    )
+    .await?;
+    Ok(())
+}
+
+/// One pending item per target, a chunk of rows per statement (arrays, not one bound value per
+/// column per row: a 100,000-lead run is a few statements).
+async fn insert_items(
+    conn: &mut PgConnection,
+    run_id: &str,
+    targets: &[ItemTarget],
+    now: &str,
+) -> Result<()> {
+    for chunk in targets.chunks(INSERT_CHUNK) {
+        let ids: Vec<String> = chunk.iter().map(|_| new_id()).collect();
+        let leads: Vec<&str> = chunk.iter().map(|t| t.lead_id.as_str()).collect();
+        let lists: Vec<Option<&str>> = chunk.iter().map(|t| t.list_id.as_deref()).collect();
+        let memberships: Vec<Option<&str>> =
+            chunk.iter().map(|t| t.membership_id.as_deref()).collect();
+        sqlx::query(
+            "INSERT INTO enrichment_items (id, run_id, lead_id, list_id, membership_id, status, \
+             created_at, updated_at) \
+             SELECT t.id, $5, t.lead_id, t.list_id, t.membership_id, 'pending', $6, $6 \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+                 AS t(id, lead_id, list_id, membership_id)",
+        )
+        .bind(&ids)
+        .bind(&leads)
+        .bind(&lists)
+        .bind(&memberships)
+        .bind(run_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Resolve explicit lead ids with two queries (not two per lead). The first offending position
+/// is reported, a missing lead before a missing membership, as on SQLite.
+async fn resolve_lead_ids(
+    conn: &mut PgConnection,
+    workspace: &str,
+    ids: &[String],
+    list_id: Option<&str>,
+) -> Result<Vec<ItemTarget>> {
+    let mut seen = HashSet::new();
+    let unique: Vec<(usize, &String)> = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| seen.insert(id.as_str()))
+        .collect();
+    let wanted: Vec<&str> = unique.iter().map(|(_, id)| id.as_str()).collect();
+    let existing: HashSet<String> =
+        sqlx::query_scalar("SELECT id FROM leads WHERE workspace_id = $1 AND id = ANY($2)")
+            .bind(workspace)
+            .bind(&wanted)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+    let memberships: HashMap<String, String> = match list_id {
+        None => HashMap::new(),
+        Some(list) => {
+            let rows = sqlx::query(
+                "SELECT lead_id, id FROM memberships WHERE list_id = $1 AND lead_id = ANY($2)",
+            )
+            .bind(list)
+            .bind(&wanted)
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_>>()?
+        }
+    };
+    let mut targets = Vec::with_capacity(unique.len());
+    for (i, id) in unique {
+        let field = format!("scope.leadIds[{i}]");
+        if !existing.contains(id) {
+            return Err(Invalid::new(field, "no lead with this id").into());
+        }
+        let membership_id = match list_id {
+            None => None,
+            Some(list) => Some(memberships.get(id).cloned().ok_or_else(|| {
+                Invalid::new(field, format!("lead {id} is not a member of list {list}"))
+            })?),
+        };
+        targets.push(ItemTarget {
+            lead_id: id.clone(),
+            list_id: list_id.map(str::to_string),
+            membership_id,
+        });
+    }
+    Ok(targets)
+}
+
+/// Lock the runs this claim takes items from: the least recently claimed active runs that no
+/// other transaction holds right now (`SKIP LOCKED`: claimers spread over runs instead of
+/// queueing). If every candidate is held, wait for the first one alone rather than come back
+/// empty-handed and idle a poll interval while work is waiting; holding nothing else, the wait
+/// cannot be part of a cycle.
+async fn lock_claimable_runs(conn: &mut PgConnection) -> Result<Vec<String>> {
+    let select = "SELECT id FROM enrichment_runs WHERE status IN ('pending', 'running') \
+                  AND n_pending > 0 ORDER BY last_claimed_at, id LIMIT $1 FOR NO KEY UPDATE";
+    let runs: Vec<String> = sqlx::query_scalar(&format!("{select} SKIP LOCKED"))
+        .bind(CLAIM_RUNS)
+        .fetch_all(&mut *conn)
+        .await?;
+    if !runs.is_empty() {
+        return Ok(runs);
+    }
+    Ok(sqlx::query_scalar(select)
+        .bind(1_i64)
+        .fetch_all(&mut *conn)
+        .await?)
+}
+
+/// Lease up to `share` due pending items of each run (earlier runs first, `max` in all) in one
+/// statement; each item gets a lease token of its own.
+async fn lease_items(
+    conn: &mut PgConnection,
+    runs: &[String],
+    worker: &str,
+    max: usize,
+    now_ms: i64,
+    lease_until_ms: i64,
+    now: &str,
+) -> Result<Vec<ClaimedItem>> {
+    let share = max.div_ceil(runs.len()).max(1);
+    let rows = sqlx::query(
+        "UPDATE enrichment_items AS e SET status = 'running', lease_owner = $1, \
+         lease_token = gen_random_uuid()::text, lease_expires_at = $2, \
+         started_at = coalesce(e.started_at, $3), updated_at = $3 \
+         FROM (SELECT p.id FROM unnest($4::text[]) WITH ORDINALITY AS r(run_id, pos) \
+               CROSS JOIN LATERAL (SELECT i.id FROM enrichment_items AS i \
+                   WHERE i.run_id = r.run_id AND i.status = 'pending' AND i.due_at <= $5 \
+                   ORDER BY i.id LIMIT $6 FOR NO KEY UPDATE SKIP LOCKED) AS p \
+               ORDER BY r.pos, p.id LIMIT $7) AS picked \
+         WHERE e.id = picked.id AND e.status = 'pending' \
+         RETURNING e.id, e.lease_token, e.run_id, e.lead_id, e.list_id, e.membership_id, \
+             e.attempts",
+    )
+    .bind(worker)
+    .bind(lease_until_ms)
+    .bind(now)
+    .bind(runs)
+    .bind(now_ms)
+    .bind(share as i64)
+    .bind(max as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut claimed = rows
+        .iter()
+        .map(|r| {
+            Ok(ClaimedItem {
+                id: r.try_get("id")?,
+                lease_token: r.try_get("lease_token")?,
+                run_id: r.try_get("run_id")?,
+                lead_id: r.try_get("lead_id")?,
+                list_id: r.try_get("list_id")?,
+                membership_id: r.try_get("membership_id")?,
+                attempts: r.try_get("attempts")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // RETURNING has no order; hand them out run by run, as the claim chose them.
+    let position: HashMap<&str, usize> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.as_str(), i))
+        .collect();
+    claimed.sort_by(|a, b| {
+        let key = |c: &ClaimedItem| position.get(c.run_id.as_str()).copied();
+        key(a).cmp(&key(b)).then_with(|| a.id.cmp(&b.id))
+    });
+    Ok(claimed)
+}
+
+/// Move the claimed counts and the round-robin mark of every run the claim considered, one
+/// statement for all (the rows are held already). A run that gave nothing (its pending items
+/// are not due yet) still goes to the back of the line, so it cannot keep a slot from others.
+async fn count_claims(
+    conn: &mut PgConnection,
+    runs: &[String],
+    claimed: &[ClaimedItem],
+    now_ms: i64,
+    now: &str,
+) -> Result<()> {
+    let mut per_run: HashMap<&str, i64> = HashMap::new();
+    for c in claimed {
+        *per_run.entry(c.run_id.as_str()).or_default() += 1;
+    }
+    let counts: Vec<i64> = runs
+        .iter()
+        .map(|r| per_run.get(r.as_str()).copied().unwrap_or(0))
+        .collect();
+    sqlx::query(
+        "UPDATE enrichment_runs AS run SET n_pending = run.n_pending - d.n, \
+         n_running = run.n_running + d.n, \
+         status = CASE WHEN d.n > 0 AND run.status = 'pending' THEN 'running' \
+             ELSE run.status END, \
+         started_at = CASE WHEN d.n > 0 THEN coalesce(run.started_at, $3) \
+             ELSE run.started_at END, \
+         last_claimed_at = $4, updated_at = $3 \
+         FROM unnest($1::text[], $2::int8[]) AS d(id, n) WHERE run.id = d.id",
+    )
+    .bind(runs)
+    .bind(&counts)
+    .bind(now)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Back-off bounds of the wake-up listener's reconnection.
+const LISTEN_RETRY_MIN: Duration = Duration::from_millis(250);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often an idle listener checks that someone still wants its wake-ups.
+const LISTEN_LIVENESS: Duration = Duration::from_secs(2);
+
+/// Forward `WORK_CHANNEL` notifications to `wake` until nobody else holds it, surviving database
+/// restarts: a lost connection is rebuilt with a capped back-off, and `wake` is poked after each
+/// reconnection because notifications sent meanwhile are lost.
+async fn listen_for_work(pool: PgPool, wake: Weak<Notify>) {
+    let mut retry = LISTEN_RETRY_MIN;
+    while wake.strong_count() > 0 {
+        let mut listener = match subscribe(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?retry, "cannot listen for new work");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(LISTEN_RETRY_MAX);
+                continue;
+            }
+        };
+        retry = LISTEN_RETRY_MIN;
+        if !poke(&wake) {
+            return;
+        }
+        match forward(&mut listener, &wake).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "lost the connection listening for new work"),
+        }
+    }
+}
+
+async fn subscribe(pool: &PgPool) -> Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(WORK_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Wake one waiting worker; false once nobody holds `wake` any more.
+fn poke(wake: &Weak<Notify>) -> bool {
+    match wake.upgrade() {
+        Some(notify) => {
+            notify.notify_one();
+            true
+        }
+        None => false,
+    }
+}
+
+/// Pass notifications on until `wake` is gone (`Ok`) or the connection fails (`Err`; the
+/// listener is then rebuilt from scratch rather than trusted to recover).
+async fn forward(listener: &mut PgListener, wake: &Weak<Notify>) -> Result<()> {
+    loop {
+        // Reading a notification is cancel-safe (a partial message stays buffered), so the
+        // timeout only serves to notice that the worker pool went away.
+        match tokio::time::timeout(LISTEN_LIVENESS, listener.try_recv()).await {
+            Err(_elapsed) if wake.strong_count() == 0 => return Ok(()),
+            Err(_elapsed) => {}
+            Ok(Ok(Some(_))) => {
+                if !poke(wake) {
+                    return Ok(());
+                }
+            }
+            // The connection dropped and the listener reconnected (and listens again) on its
+            // own; whatever was announced in between is lost, so wake a worker to look.
+            Ok(Ok(None)) => {
+                tracing::warn!("reconnected the connection listening for new work");
+                if !poke(wake) {
+                    return Ok(());
+                }
+            }
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+#[async_trait]
+impl RunStore for PgStore {
+    async fn run_by_idempotency_key(&self, user_id: &str, key: &str) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM enrichment_runs \
+             WHERE user_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_from).transpose()
+    }
+
+    async fn resolve_targets(
+        &self,
+        workspace: &str,
+        lead_ids: Option<&[String]>,
+        list_id: Option<&str>,
+    ) -> Result<Vec<ItemTarget>> {
+        let mut conn = self.pool.acquire().await?;
+        if let Some(list) = list_id {
+            ensure_list(&mut conn, workspace, list)
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound(_) => {
+                        Invalid::new("scope.listId", "no list with this id").into()
+                    }
+                    other => other,
+                })?;
+        }
+        if let Some(ids) = lead_ids {
+            return resolve_lead_ids(&mut conn, workspace, ids, list_id).await;
+        }
+        let Some(list) = list_id else {
+            return Ok(Vec::new());
+        };
+        let rows =
+            sqlx::query("SELECT lead_id, id FROM memberships WHERE list_id = $1 ORDER BY lead_id")
+                .bind(list)
+                .fetch_all(&mut *conn)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ItemTarget {
+                    lead_id: r.try_get(0)?,
+                    list_id: Some(list.to_string()),
+                    membership_id: Some(r.try_get(1)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn create_run(&self, run: NewRun) -> Result<(Run, bool)> {
+        if let Some(key) = &run.idempotency_key {
+            if let Some(existing) = self.run_by_idempotency_key(&run.user_id, key).await? {
+                return Ok((existing, true));
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let id = new_id();
+        let now = now_timestamp();
+        let status = if run.targets.is_empty() {
+            RunStatus::Completed
+        } else {
+            RunStatus::Pending
+        };
+        if insert_run(&mut tx, &id, &run, status, &now)
+            .await?
+            .is_none()
+        {
+            // A concurrent duplicate (maybe in another process) committed first: answer with
+            // its run, charging and creating nothing.
+            tx.rollback().await?;
+            let key = run.idempotency_key.as_deref().unwrap_or_default();
+            let existing = self.run_by_idempotency_key(&run.user_id, key).await?;
+            let existing = existing.ok_or_else(|| {
+                StoreError::Internal("an idempotency conflict without a run".into())
+            })?;
+            return Ok((existing, true));
+        }
+        charge(&mut tx, &run, &id).await?;
+        insert_items(&mut tx, &id, &run.targets, &now).await?;
+        if !run.targets.is_empty() {
+            // Delivered at commit, to every listening worker of the fleet.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(WORK_CHANNEL)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let created = load_run(&mut tx, &id).await?;
+        tx.commit().await?;
+        Ok((created, false))
+    }
+
+    async fn run(&self, workspace: &str, user_id: &str, id: &str) -> Result<Run> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM enrichment_runs \
+             WHERE id = $1 AND workspace_id = $2 AND user_id = $3"
+        ))
+        .bind(id)
+        .bind(workspace)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound("enrichment run"))?;
+        run_from(&row)
+    }
+
+    async fn items(&self, run_id: &str, query: &ItemQuery) -> Result<(Vec<Item>, bool)> {
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {ITEM_COLUMNS} FROM enrichment_items WHERE run_id = "
+        ));
+        q.push_bind(run_id.to_string());
+        if let Some(status) = query.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(lead) = &query.lead_id {
+            q.push(" AND lead_id = ").push_bind(lead.clone());
+        }
+        if let Some(after) = &query.after {
+            q.push(" AND id > ").push_bind(after.clone());
+        }
+        q.push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(query.limit) + 1);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let mut items = rows.iter().map(item_from).collect::<Result<Vec<_>>>()?;
+        let more = items.len() > query.limit as usize;
+        items.truncate(query.limit as usize);
+        Ok((items, more))
+    }
+
+    async fn cancel_run(&self, workspace: &str, user_id: &str, id: &str) -> Result<Run> {
+        let mut tx = self.pool.begin().await?;
+        // Lock the run first (see the module comment): no claim or requeue of its items can
+        // interleave with the cancel.
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM enrichment_runs WHERE id = $1 AND workspace_id = $2 \
+             AND user_id = $3 FOR NO KEY UPDATE",
+        )
+        .bind(id)
+        .bind(workspace)
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let status = status.ok_or(StoreError::NotFound("enrichment run"))?;
+        let parsed = RunStatus::parse(&status).ok_or_else(|| decode_err("status", &status))?;
+        if !parsed.is_cancellable() {
+            return Err(StoreError::StateConflict {
+                reason: "run_not_cancellable",
+                message: format!(
+                    "The run is {status}; only pending or running runs can be cancelled."
+                ),
+            });
+        }
+        let now = now_timestamp();
+        let done = sqlx::query(
+            "UPDATE enrichment_runs SET status = 'cancelled', cancelled_at = $1, \
+             completed_at = $1, updated_at = $1 WHERE id = $2 AND status = $3",
+        )
+        .bind(&now)
+        .bind(id)
+        .bind(&status)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::StateConflict {
+                reason: "run_status_changed",
+                message: "The run's status changed while cancelling; read it again.".into(),
+            });
+        }
+        let skipped = skip_pending(&mut tx, id, SkipReason::RunCancelled, &now).await?;
+        let mut deltas = CountDeltas::default();
+        deltas.moved(id, ItemStatus::Pending, ItemStatus::Skipped, skipped);
+        deltas.apply(&mut tx, &now).await?;
+        let run = load_run(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(run)
+    }
+
+    async fn claim_items(
+        &self,
+        worker: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Vec<ClaimedItem>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let runs = lock_claimable_runs(&mut tx).await?;
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_timestamp();
+        let claimed =
+            lease_items(&mut tx, &runs, worker, max, now_ms, lease_until_ms, &now).await?;
+        count_claims(&mut tx, &runs, &claimed, now_ms, &now).await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn run_for_worker(&self, id: &str) -> Result<Run> {
+        let mut conn = self.pool.acquire().await?;
+        load_run(&mut conn, id).await
+    }
+
+    async fn leads_by_id(&self, workspace: &str, ids: &[String]) -> Result<Vec<Lead>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT id, type, fields, attributes, created_at, updated_at FROM leads \
+             WHERE workspace_id = $1 AND id = ANY($2)",
+        )
+        .bind(workspace)
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut leads = rows.iter().map(lead_from).collect::<Result<Vec<_>>>()?;
+        attach_lists(&mut conn, &mut leads).await?;
+        Ok(leads)
+    }
+
+    async fn membership_attributes(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, Map<String, Value>>> {
+        let mut out = HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let rows = sqlx::query("SELECT id, attributes FROM memberships WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        for row in rows {
+            let text: String = row.try_get(1)?;
+            out.insert(row.try_get(0)?, serde_json::from_str(&text)?);
+        }
+        Ok(out)
+    }
+
+    async fn finish_items(&self, worker: &str, finishes: Vec<Finish>, now_ms: i64) -> Result<u64> {
+        let _ = now_ms;
+        if finishes.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let now = now_timestamp();
+        // Holding the runs makes their status final for this transaction: a retry of a run
+        // cancelled (or failed) meanwhile ends the item instead, and no cancel can slip in after
+        // this read and strand a retried item as pending.
+        let run_ids: Vec<String> = finishes
+            .iter()
+            .map(|f| f.run_id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let run_status = lock_runs(&mut tx, &run_ids).await?;
+        let rows: Vec<FinishRow> = finishes
+            .into_iter()
+            .map(|f| FinishRow::new(f, &run_status, &now))
+            .collect();
+        let recorded = record_finishes(&mut tx, worker, &rows, &now).await?;
+
+        let mut deltas = CountDeltas::default();
+        let mut writes = Vec::new();
+        for r in rows {
+            if recorded.contains(&r.item_id) {
+                deltas.moved(&r.run_id, ItemStatus::Running, r.status, 1);
+                writes.extend(r.write);
+            }
+        }
+        write_attributes(&mut tx, writes, &now).await?;
+        deltas.apply(&mut tx, &now).await?;
+        tx.commit().await?;
+        Ok(recorded.len() as u64)
+    }
+
+    async fn heartbeat(&self, worker: &str, lease_until_ms: i64) -> Result<()> {
+        // SKIP LOCKED: an item locked right now is being finished, released or rescued, so its
+        // lease is about to end anyway; waiting for it could only deadlock with that writer.
+        sqlx::query(
+            "UPDATE enrichment_items SET lease_expires_at = $1 \
+             WHERE status = 'running' AND id IN (SELECT id FROM enrichment_items \
+                 WHERE lease_owner = $2 AND status = 'running' FOR NO KEY UPDATE SKIP LOCKED)",
+        )
+        .bind(lease_until_ms)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_items(&self, worker: &str, item_ids: &[String]) -> Result<()> {
+        if item_ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let runs: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT run_id FROM enrichment_items WHERE id = ANY($1)")
+                .bind(item_ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        let run_status = lock_runs(&mut tx, &runs).await?;
+        let now = now_timestamp();
+        let mut deltas = CountDeltas::default();
+        let guard = RequeueGuard::HeldBy { worker, item_ids };
+        requeue(&mut tx, &mut deltas, &run_status, guard, &now).await?;
+        deltas.apply(&mut tx, &now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rescue_expired(&self, now_ms: i64) -> Result<u64> {
+        let runs: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT run_id FROM enrichment_items WHERE status = 'running' \
+             AND lease_expires_at < $1",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let run_status = lock_runs(&mut tx, &runs).await?;
+        let now = now_timestamp();
+        let mut deltas = CountDeltas::default();
+        let guard = RequeueGuard::ExpiredBefore(now_ms);
+        let rescued = requeue(&mut tx, &mut deltas, &run_status, guard, &now).await?;
+        deltas.apply(&mut tx, &now).await?;
+        tx.commit().await?;
+        Ok(rescued)
+    }
+
+    async fn fail_run(&self, run_id: &str, message: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_timestamp();
+        let done = sqlx::query(
+            "UPDATE enrichment_runs SET status = 'failed', error = $1, completed_at = $2, \
+             updated_at = $2 WHERE id = $3 AND status IN ('pending', 'running')",
+        )
+        .bind(json!({"message": message, "details": null}).to_string())
+        .bind(&now)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            let skipped = skip_pending(&mut tx, run_id, SkipReason::RunFailed, &now).await?;
+            let mut deltas = CountDeltas::default();
+            deltas.moved(run_id, ItemStatus::Pending, ItemStatus::Skipped, skipped);
+            deltas.apply(&mut tx, &now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn subscribe_work(&self, wake: Weak<Notify>) {
+        // A connection of its own, outside the pool: a LISTEN holds it for good, and the pool's
+        // connections must stay free for queries.
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with(self.options.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(listen_for_work(listen_pool, wake));
+            }
+            Err(_) => tracing::warn!(
+                "no async runtime to listen for new work on; workers will rely on polling"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What matters once several processes share the database; the behaviour both backends
+    //! share is covered by the conformance suite.
+
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use puffle_domain::account::ApiKey;
+    use puffle_domain::lead::LeadInput;
+
+    use super::*;
+    use crate::scratch::{server_url, ScratchDatabase};
+    use crate::Store;
+
+    /// A fresh database with the schema and a bootstrapped workspace, or `None` (with a message)
+    /// when no PostgreSQL server answers.
+    async fn scratch() -> Option<(ScratchDatabase, PgStore, String, String)> {
+        let db = match ScratchDatabase::create(&server_url()).await {
+            Ok(db) => db,
+            Err(e) => {
+                eprintln!("skipping: no PostgreSQL server at {} ({e})", server_url());
+                return None;
+            }
+        };
+        let store = PgStore::open(&db.url).await.unwrap();
+        store.migrate().await.unwrap();
+        let (ws, user) = store
+            .bootstrap("admin@localhost", &ApiKey::from_random([7; 32]))
+            .await
+            .unwrap()
+            .unwrap();
+        Some((db, store, ws.id, user.id))
+    }
+
+    /// Another "process": a store with a pool of its own on the same database.
+    async fn second_process(db: &ScratchDatabase) -> PgStore {
+        PgStore::open(&db.url).await.unwrap()
+    }
+
+    fn targets(n: usize) -> Vec<ItemTarget> {
+        (0..n)
+            .map(|_| ItemTarget {
+                lead_id: new_id(),
+                list_id: None,
+                membership_id: None,
+            })
+            .collect()
+    }
+
+    fn new_run(ws: &str, user: &str, targets: Vec<ItemTarget>, key: Option<&str>) -> NewRun {
+        NewRun {
+            workspace_id: ws.into(),
+            user_id: user.into(),
+            mode: RunMode::Persisted,
+            enrichment_slug: "company_domain".into(),
+            enrichment_snapshot: json!({}),
+            subject: Subject::Any,
+            scope_type: "explicit_leads".into(),
+            list_id: None,
+            scope_requested: json!({}),
+            targets,
+            output_target: OutputTarget::Lead,
+            attribute_key: "company_domain".into(),
+            write_policy: WritePolicy::Overwrite,
+            persist_results: true,
+            input: json!({}),
+            credit_action: "custom_http".into(),
+            cost_per_unit: 0,
+            total_credits: 0,
+            idempotency_key: key.map(str::to_string),
+            display_request: None,
+        }
+    }
+
+    fn completed(item: &ClaimedItem, write: Option<AttributeWrite>) -> Finish {
+        Finish {
+            item_id: item.id.clone(),
+            lease_token: item.lease_token.clone(),
+            run_id: item.run_id.clone(),
+            outcome: FinishOutcome::Completed {
+                result: Some(json!("x.io")),
+                write,
+            },
+            executed: true,
+            input_snapshot: None,
+            lead_snapshot: None,
+            raw_result: None,
+            provider: Some("test".into()),
+        }
+    }
+
+    /// Claim and finish in batches until nothing is left; returns every item id claimed.
+    async fn drain(store: Arc<PgStore>, worker: String) -> Vec<String> {
+        let mut mine = Vec::new();
+        loop {
+            let claimed = store
+                .claim_items(&worker, 25, 1_000, 600_000)
+                .await
+                .unwrap();
+            if claimed.is_empty() {
+                return mine;
+            }
+            let finishes = claimed.iter().map(|c| completed(c, None)).collect();
+            let recorded = store.finish_items(&worker, finishes, 2_000).await.unwrap();
+            assert_eq!(recorded as usize, claimed.len());
+            mine.extend(claimed.into_iter().map(|c| c.id));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fleet_claims_every_item_once() {
+        let Some((db, a, ws, user)) = scratch().await else {
+            return;
+        };
+        let b = second_process(&db).await;
+        let (big, _) = a
+            .create_run(new_run(&ws, &user, targets(3000), None))
+            .await
+            .unwrap();
+        let (small, _) = a
+            .create_run(new_run(&ws, &user, targets(40), None))
+            .await
+            .unwrap();
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let mut workers = Vec::new();
+        for w in 0..8 {
+            let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+            workers.push(tokio::spawn(drain(store, format!("w{w}"))));
+        }
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(w.await.unwrap());
+        }
+        let unique: HashSet<&String> = all.iter().collect();
+        assert_eq!(unique.len(), all.len(), "an item was claimed twice");
+        assert_eq!(all.len(), 3040);
+        for (run, n) in [(&big, 3000), (&small, 40)] {
+            let now = a.run_for_worker(&run.id).await.unwrap();
+            assert_eq!(now.status, RunStatus::Completed);
+            assert_eq!(now.counts.completed, n);
+            assert_eq!(now.counts.total(), n);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rescued_item_is_recorded_by_its_new_holder_only() {
+        let Some((_db, store, ws, user)) = scratch().await else {
+            return;
+        };
+        let input: LeadInput =
+            serde_json::from_value(json!({"type": "company", "domain": "acme.io"})).unwrap();
+        let (lead, _) = store
+            .create_lead(&ws, input.into_new_lead(new_id).unwrap())
+            .await
+            .unwrap();
+        let target = ItemTarget {
+            lead_id: lead.id.clone(),
+            list_id: None,
+            membership_id: None,
+        };
+        let (run, _) = store
+            .create_run(new_run(&ws, &user, vec![target], None))
+            .await
+            .unwrap();
+        let write = |value: &str| AttributeWrite {
+            target: OutputTarget::Lead,
+            workspace_id: ws.clone(),
+            lead_id: lead.id.clone(),
+            membership_id: None,
+            key: "company_domain".into(),
+            value: json!(value),
+        };
+        // The same worker name claims twice: only the token tells the two leases apart.
+        let first = store.claim_items("w1", 1, 1_000, 2_000).await.unwrap();
+        assert_eq!(store.rescue_expired(5_000).await.unwrap(), 1);
+        let second = store.claim_items("w1", 1, 5_000, 60_000).await.unwrap();
+        assert_eq!(second.len(), 1);
+        assert_ne!(first[0].lease_token, second[0].lease_token);
+
+        let stale = completed(&first[0], Some(write("stale.io")));
+        assert_eq!(
+            store.finish_items("w1", vec![stale], 6_000).await.unwrap(),
+            0
+        );
+        let current = completed(&second[0], Some(write("fresh.io")));
+        assert_eq!(
+            store
+                .finish_items("w1", vec![current], 6_000)
+                .await
+                .unwrap(),
+            1
+        );
+        let again = completed(&second[0], Some(write("twice.io")));
+        assert_eq!(
+            store.finish_items("w1", vec![again], 6_000).await.unwrap(),
+            0
+        );
+
+        let lead = store.leads_by_id(&ws, &[lead.id]).await.unwrap().remove(0);
+        assert_eq!(lead.attributes["company_domain"], json!("fresh.io"));
+        let run = store.run_for_worker(&run.id).await.unwrap();
+        assert_eq!(
+            (run.status, run.counts.completed),
+            (RunStatus::Completed, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_duplicates_from_two_processes_make_one_run() {
+        let Some((db, a, ws, user)) = scratch().await else {
+            return;
+        };
+        let b = Arc::new(second_process(&db).await);
+        let a = Arc::new(a);
+        let before = a.balance(&ws).await.unwrap();
+        let mut calls = Vec::new();
+        for i in 0..8 {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let mut run = new_run(&ws, &user, targets(50), Some("same-key"));
+            (run.cost_per_unit, run.total_credits) = (1, 50);
+            calls.push(tokio::spawn(async move { store.create_run(run).await }));
+        }
+        let mut ids = HashSet::new();
+        let mut created = 0;
+        for call in calls {
+            let (run, reused) = call.await.unwrap().unwrap();
+            created += usize::from(!reused);
+            ids.insert(run.id);
+        }
+        assert_eq!((created, ids.len()), (1, 1));
+        assert_eq!(a.balance(&ws).await.unwrap(), before - 50);
+        let items: i64 = sqlx::query_scalar("SELECT count(*) FROM enrichment_items")
+            .fetch_one(&a.pool)
+            .await
+            .unwrap();
+        assert_eq!(items, 50);
+    }
+
+    #[tokio::test]
+    async fn cancelling_under_load_strands_nothing() {
+        let Some((db, a, ws, user)) = scratch().await else {
+            return;
+        };
+        let b = Arc::new(second_process(&db).await);
+        let a = Arc::new(a);
+        let (run, _) = a
+            .create_run(new_run(&ws, &user, targets(2000), None))
+            .await
+            .unwrap();
+        // Workers that retry everything they claim, while the run is cancelled under them.
+        let mut workers = Vec::new();
+        for w in 0..6 {
+            let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+            workers.push(tokio::spawn(async move {
+                let worker = format!("w{w}");
+                for _ in 0..40 {
+                    let claimed = store
+                        .claim_items(&worker, 20, 1_000, 600_000)
+                        .await
+                        .unwrap();
+                    let retries = claimed
+                        .iter()
+                        .map(|c| Finish {
+                            outcome: FinishOutcome::Retry {
+                                due_at_ms: 0,
+                                message: "503".into(),
+                            },
+                            ..completed(c, None)
+                        })
+                        .collect();
+                    store.finish_items(&worker, retries, 2_000).await.unwrap();
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let cancelled = a.cancel_run(&ws, &user, &run.id).await.unwrap();
+        assert_eq!(cancelled.status, RunStatus::Cancelled);
+        for w in workers {
+            w.await.unwrap();
+        }
+        let run = a.run_for_worker(&run.id).await.unwrap();
+        assert_eq!((run.counts.pending, run.counts.running), (0, 0));
+        assert_eq!(run.counts.skipped, 2000);
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM enrichment_items WHERE status IN ('pending', 'running')",
+        )
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
+        assert_eq!(pending, 0);
+    }
+
+    #[tokio::test]
+    async fn a_new_run_wakes_workers_of_other_processes() {
+        let Some((db, a, ws, user)) = scratch().await else {
+            return;
+        };
+        let b = second_process(&db).await;
+        let wake = Arc::new(Notify::new());
+        b.subscribe_work(Arc::downgrade(&wake));
+        // The first wake-up says "listening" (anything announced before may have been missed).
+        tokio::time::timeout(Duration::from_secs(10), wake.notified())
+            .await
+            .expect("the listener starts");
+        a.create_run(new_run(&ws, &user, targets(1), None))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), wake.notified())
+            .await
+            .expect("a run created by another process wakes this one");
+    }
+
+    #[tokio::test]
+    async fn the_listener_survives_losing_its_connection() {
+        let Some((db, a, ws, user)) = scratch().await else {
+            return;
+        };
+        let b = second_process(&db).await;
+        let wake = Arc::new(Notify::new());
+        b.subscribe_work(Arc::downgrade(&wake));
+        let wait = |what: &'static str| {
+            let wake = wake.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), wake.notified())
+                    .await
+                    .expect(what)
+            }
+        };
+        wait("the listener starts").await;
+        // What a database restart does to every session: the server ends the connection.
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_all(&a.pool)
+        .await
+        .unwrap();
+        assert_eq!(ended, vec![true]);
+        wait("the listener reconnects and says so").await;
+        a.create_run(new_run(&ws, &user, targets(1), None))
+            .await
+            .unwrap();
+        wait("a new run is heard on the new connection").await;
+    }
+
+    #[tokio::test]
+    async fn a_run_of_100000_leads_is_created_in_one_go() {
+        let Some((_db, store, ws, user)) = scratch().await else {
+            return;
+        };
+        let many = targets(100_000);
+        let started = Instant::now();
+        let (run, _) = store
+            .create_run(new_run(&ws, &user, many, None))
+            .await
+            .unwrap();
+        println!("create_run of 100,000 targets took {:?}", started.elapsed());
+        assert_eq!((run.resolved_count, run.counts.pending), (100_000, 100_000));
+        let query = ItemQuery {
+            limit: 100,
+            ..ItemQuery::default()
+        };
+        let (page, more) = store.items(&run.id, &query).await.unwrap();
+        assert!(more && page.len() == 100);
+        let started = Instant::now();
+        let claimed = store.claim_items("w1", 50, 1_000, 60_000).await.unwrap();
+        println!("a claim of 50 from it took {:?}", started.elapsed());
+        assert_eq!(claimed.len(), 50);
+    }
+}

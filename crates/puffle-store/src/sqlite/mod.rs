@@ -59,7 +59,7 @@ impl SqliteStore {
     }
 }
 
-fn decode_err(what: &str, value: &str) -> StoreError {
+pub(crate) fn decode_err(what: &str, value: &str) -> StoreError {
     StoreError::Internal(format!("stored {what} {value:?} is not valid"))
 }
 
@@ -326,7 +326,7 @@ async fn insert_key(conn: &mut SqliteConnection, user_id: &str, key: &ApiKey) ->
 }
 
 /// Dedupe keys are per lead type: a person and a company never merge.
-fn typed_keys(kind: LeadType, fields: &LeadFields) -> Vec<String> {
+pub(crate) fn typed_keys(kind: LeadType, fields: &LeadFields) -> Vec<String> {
     fields
         .dedupe_keys(kind)
         .into_iter()
@@ -489,7 +489,7 @@ async fn upsert_lead(
 }
 
 /// A missing object named in a request body is the body's fault: 400 naming the field.
-fn not_found_as_invalid(e: StoreError, field: &str, message: &str) -> StoreError {
+pub(crate) fn not_found_as_invalid(e: StoreError, field: &str, message: &str) -> StoreError {
     match e {
         StoreError::NotFound(_) => Invalid::new(field, message).into(),
         other => other,
@@ -525,7 +525,7 @@ async fn touch_list(conn: &mut SqliteConnection, list_id: &str) -> Result<()> {
     Ok(())
 }
 
-fn page_limit(limit: u32) -> i64 {
+pub(crate) fn page_limit(limit: u32) -> i64 {
     i64::from(limit.max(1)) + 1
 }
 
