@@ -117,6 +117,7 @@ async fn workers_killed_at_random_lose_nothing_and_write_nothing_twice() {
     install_write_audit(&app.database_url).await;
     let vendor = unique_answer_vendor().await;
     let leads = app.companies("fleet", 3000, None).await;
+    app.grant(3000).await;
     let run = app.start_run(http_run(&vendor, &leads)).await;
 
     let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&app.database_url)).collect();

@@ -3,7 +3,6 @@
 //! no backend-specific assumption, leaves this crate.
 
 mod keys;
-#[cfg(feature = "postgres")]
 mod postgres;
 mod runs;
 pub mod scratch;
@@ -254,12 +253,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         return Ok(Arc::new(sqlite::SqliteStore::open(url).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        #[cfg(feature = "postgres")]
         return Ok(Arc::new(postgres::PgStore::open(url).await?));
-        #[cfg(not(feature = "postgres"))]
-        return Err(StoreError::Internal(
-            "the PostgreSQL backend is not built yet; use a sqlite:// URL".into(),
-        ));
     }
     Err(StoreError::Internal(format!(
         "unsupported database URL scheme (expected sqlite:// or postgres://): {}",
