@@ -33,6 +33,7 @@ async fn conformance(store: &dyn Store) {
     keys_authenticate_until_revoked(store).await;
     leads_dedupe_and_stay_in_their_workspace(store).await;
     list_membership_respects_lead_type(store).await;
+    nul_characters_are_stored_not_fatal(store).await;
     runs::runs_claim_finish_and_count(store).await;
 }
 
@@ -177,6 +178,37 @@ async fn list_membership_respects_lead_type(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(page.total, 0);
+}
+
+/// PostgreSQL `text` cannot hold NUL; a lead naming one must still be stored and listed.
+async fn nul_characters_are_stored_not_fatal(store: &dyn Store) {
+    let ws = store
+        .authenticate(&key(3))
+        .await
+        .unwrap()
+        .unwrap()
+        .user
+        .workspace_id;
+    let (l, _) = store
+        .create_lead(
+            &ws,
+            lead(json!({"type": "person", "name": "Nul\u{0}Person", "attributes": {"k\u{0}": "v\u{0}"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(l.fields.name.full.as_deref(), Some("Nul\u{0}Person"));
+    let query = LeadQuery {
+        name: Some("nulperson".into()),
+        limit: 10,
+        ..LeadQuery::default()
+    };
+    let all = store.lists(&ws, None).await.unwrap();
+    let all = all.iter().find(|l| l.name == "all").unwrap();
+    let keys = store.list_attribute_keys(&ws, &all.id).await.unwrap();
+    assert!(keys.contains(&"k\u{0}".to_string()), "{keys:?}");
+    // Found on PostgreSQL (NUL dropped from search text), not on SQLite: either is no error.
+    store.leads(&ws, &query).await.unwrap();
+    store.delete_lead(&ws, &l.id).await.unwrap();
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 //! transaction-level advisory lock (dedupe looks up, then inserts), balance changes lock the
 //! workspace row, list changes lock the list row, and bootstrap takes an advisory lock of its own.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -389,6 +389,15 @@ const LEAD_UNNEST: &str = "unnest($2::text[], $3::text[], $4::text[], $5::text[]
 impl LeadColumns {
     fn push(&mut self, id: &str, lead: &Pending) -> Result<()> {
         let s: SearchText = lead.fields.search_text();
+        let s = SearchText {
+            name: searchable(s.name),
+            title: searchable(s.title),
+            company: searchable(s.company),
+            domain: searchable(s.domain),
+            industry: searchable(s.industry),
+            location: searchable(s.location),
+            emails: searchable(s.emails),
+        };
         self.id.push(id.to_string());
         self.kind.push(lead.kind.as_str().to_string());
         self.fields.push(serde_json::to_string(&lead.fields)?);
@@ -839,11 +848,21 @@ async fn touch_list(conn: &mut PgConnection, list_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Search text as PostgreSQL can store it: without NUL characters, which `text` cannot hold
+/// (the JSON documents keep them, escaped). Filters drop them too, so they match alike.
+fn searchable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "")
+    } else {
+        text
+    }
+}
+
 /// `%text%` for `LIKE … ESCAPE '\'`: the text matches literally, wildcards and all.
 fn contains_pattern(text: &str) -> String {
     let mut pattern = String::with_capacity(text.len() + 2);
     pattern.push('%');
-    for c in text.chars() {
+    for c in text.chars().filter(|c| *c != '\0') {
         if matches!(c, '%' | '_' | '\\') {
             pattern.push('\\');
         }
@@ -1430,16 +1449,33 @@ impl Store for PgStore {
     async fn list_attribute_keys(&self, workspace: &str, list_id: &str) -> Result<Vec<String>> {
         let mut conn = self.pool.acquire().await?;
         ensure_list(&mut conn, workspace, list_id).await?;
-        // COLLATE "C": byte order, as SQLite sorts, whatever the database's default collation.
-        let keys = sqlx::query_scalar(
-            "SELECT DISTINCT j.key COLLATE \"C\" AS key FROM memberships m \
-             JOIN leads l ON l.id = m.lead_id, jsonb_object_keys(l.attributes::jsonb) AS j(key) \
-             WHERE m.list_id = $1 ORDER BY 1",
+        // `json_object_keys` fails on a document holding the escape `\u0000` (PostgreSQL text
+        // cannot hold NUL), so those rare documents are read in Rust instead; a textual match is
+        // enough to route them, as both paths give the same keys.
+        let mut keys: BTreeSet<String> = sqlx::query_scalar(
+            "SELECT DISTINCT j.key FROM memberships m JOIN leads l ON l.id = m.lead_id, \
+             json_object_keys(CASE WHEN strpos(l.attributes, '\\u0000') = 0 \
+                THEN l.attributes::json ELSE '{}' END) AS j(key) \
+             WHERE m.list_id = $1",
+        )
+        .bind(list_id)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        let odd: Vec<String> = sqlx::query_scalar(
+            "SELECT l.attributes FROM memberships m JOIN leads l ON l.id = m.lead_id \
+             WHERE m.list_id = $1 AND strpos(l.attributes, '\\u0000') > 0",
         )
         .bind(list_id)
         .fetch_all(&mut *conn)
         .await?;
-        Ok(keys)
+        for attributes in odd {
+            let attributes: Map<String, Value> = serde_json::from_str(&attributes)?;
+            keys.extend(attributes.into_iter().map(|(k, _)| k));
+        }
+        // A BTreeSet iterates in byte order, as SQLite sorts (whatever the database collation).
+        Ok(keys.into_iter().collect())
     }
 
     async fn add_members(
