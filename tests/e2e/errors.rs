@@ -459,6 +459,22 @@ async fn hostile_input_never_yields_a_500() {
         (Method::DELETE, "/api/lists".into(), json!({"id": ""})),
         (
             Method::POST,
+            "/api/lists".into(),
+            json!({"name": "a\u{0}b"}),
+        ),
+        (
+            Method::POST,
+            "/api/enrichment".into(),
+            json!({"enrichmentId": "company_domain", "scope": {"leadIds": [lead_id]},
+                   "idempotencyKey": "k\u{0}", "correlationId": "c\u{0}"}),
+        ),
+        (
+            Method::POST,
+            "/api/user/api-keys".into(),
+            json!({"name": "k\u{0}"}),
+        ),
+        (
+            Method::POST,
             format!("/api/lists/{list_id}/leads"),
             json!({"leadIds": ["", "%", lead_id]}),
         ),
@@ -532,6 +548,34 @@ async fn hostile_input_never_yields_a_500() {
             assert_envelope(&r, &path);
         }
     }
+    // No id or filter can hold a NUL character: a URL with one is refused, on every backend.
+    for path in ["/api/lists/%00/leads", "/api/leads?q=a%00b"] {
+        app.get(path).await.assert_error(400, "invalid_request");
+    }
+    // Nor can any text of a body: refused, naming the field.
+    let r = app.post("/api/lists", json!({"name": "a\u{0}b"})).await;
+    r.assert_error(400, "invalid_request");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("name: ")),
+        "{}",
+        r.text
+    );
+    let r = app
+        .post(
+            "/api/leads",
+            json!({"type": "person", "attributes": {"x": ["ok", "\u{0}"]}}),
+        )
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("attributes.x[1]: ")),
+        "{}",
+        r.text
+    );
     // `%` and `_` are literal characters for q, not wildcards.
     let r = app.get("/api/leads?q=%25").await;
     assert_eq!(r.body["leads"], json!([]), "{}", r.text);

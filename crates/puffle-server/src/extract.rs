@@ -39,7 +39,47 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // wrong type is always reported at its field rather than as a syntax error.
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::invalid("body", format!("is not valid JSON ({e})")))?;
+    // JSON can only carry a NUL character escaped, so bodies without the escape skip the walk.
+    if bytes.windows(6).any(|w| w == b"\\u0000") {
+        if let Some(field) = nul_at(&value, String::new()) {
+            let field = if field.is_empty() {
+                "body".into()
+            } else {
+                field
+            };
+            return Err(ApiError::invalid(
+                &field,
+                "must not contain a NUL character (\\u0000)",
+            ));
+        }
+    }
     from_value(value)
+}
+
+/// The path of the first key or string holding a NUL character: no text Puffle stores may
+/// hold one (PostgreSQL text cannot), so it is refused alike on every backend.
+fn nul_at(value: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Some(at),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, format!("{at}[{i}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if k.contains('\0') {
+                Some(path)
+            } else {
+                nul_at(v, path)
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// Deserialize a JSON value, naming the field that does not fit.

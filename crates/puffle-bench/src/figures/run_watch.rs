@@ -48,7 +48,7 @@ pub async fn figures(ctx: &Ctx, fleet: &Fleet, list_id: &str) -> Result<(Vec<Fig
         let (took, status) = ctx.api.run_status_timed(&run_id).await?;
         health_lat.push(health);
         status_lat.push(took);
-        if polls % MEMORY_EVERY == 0 || status.finished() {
+        if polls.is_multiple_of(MEMORY_EVERY) || status.finished() {
             let (peak, _) = peak_mib(fleet)?;
             series.push((status.done, peak));
             if checkpoint.is_none() && status.done * 10 >= status.total {

@@ -30,12 +30,26 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(reject_nul_in_url))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             service::record_metrics,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// No id, filter or cursor can hold a NUL character (PostgreSQL text cannot store one), so a URL
+/// carrying `%00` is refused whole, the same on every backend, before any handler sees it.
+async fn reject_nul_in_url(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri = request.uri();
+    if uri.path().contains("%00") || uri.query().is_some_and(|q| q.contains("%00")) {
+        return ApiError::Invalid("the URL contains a NUL character (%00)".into()).into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> ApiError {

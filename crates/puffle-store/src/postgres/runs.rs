@@ -233,21 +233,26 @@ impl CountDeltas {
     }
 }
 
-/// Skip every pending item of a run with `reason`; returns how many. The caller holds the run's
-/// row, and whoever else changes its pending items must hold it too, so this never waits.
-async fn skip_pending(
+/// Skip every item of a run in status `from` (pending, or running when the run fails) with
+/// `reason`; returns how many. A running item's lease ends with it, so its holder's finish is
+/// dropped by the lease guard. The caller holds the run's row, and whoever else changes its
+/// items must hold it too, so this never waits.
+async fn skip_items(
     conn: &mut PgConnection,
     run_id: &str,
+    from: ItemStatus,
     reason: SkipReason,
     now: &str,
 ) -> Result<i64> {
     let done = sqlx::query(
         "UPDATE enrichment_items SET status = 'skipped', skipped_reason = $1, error = NULL, \
-         completed_at = $2, updated_at = $2 WHERE run_id = $3 AND status = 'pending'",
+         completed_at = $2, updated_at = $2, lease_owner = NULL, lease_token = NULL, \
+         lease_expires_at = NULL WHERE run_id = $3 AND status = $4",
     )
     .bind(reason.as_str())
     .bind(now)
     .bind(run_id)
+    .bind(from.as_str())
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() as i64)
@@ -1098,7 +1103,14 @@ impl RunStore for PgStore {
                 message: "The run's status changed while cancelling; read it again.".into(),
             });
         }
-        let skipped = skip_pending(&mut tx, id, SkipReason::RunCancelled, &now).await?;
+        let skipped = skip_items(
+            &mut tx,
+            id,
+            ItemStatus::Pending,
+            SkipReason::RunCancelled,
+            &now,
+        )
+        .await?;
         let mut deltas = CountDeltas::default();
         deltas.moved(id, ItemStatus::Pending, ItemStatus::Skipped, skipped);
         deltas.apply(&mut tx, &now).await?;
@@ -1279,9 +1291,14 @@ impl RunStore for PgStore {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 1 {
-            let skipped = skip_pending(&mut tx, run_id, SkipReason::RunFailed, &now).await?;
+            // Every item not yet ended is skipped, running ones too: a failed run is terminal
+            // and its counts show no item still running.
             let mut deltas = CountDeltas::default();
-            deltas.moved(run_id, ItemStatus::Pending, ItemStatus::Skipped, skipped);
+            for from in [ItemStatus::Pending, ItemStatus::Running] {
+                let skipped =
+                    skip_items(&mut tx, run_id, from, SkipReason::RunFailed, &now).await?;
+                deltas.moved(run_id, from, ItemStatus::Skipped, skipped);
+            }
             deltas.apply(&mut tx, &now).await?;
         }
         tx.commit().await?;

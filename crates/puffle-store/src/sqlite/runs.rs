@@ -192,21 +192,26 @@ async fn complete_finished_runs(
     Ok(())
 }
 
-/// Skip every pending item of a run with `reason`; returns how many.
-async fn skip_pending(
+/// Skip every item of a run in status `from` (pending, or running when the run fails) with
+/// `reason`; returns how many. A running item's lease ends with it, so its holder's finish is
+/// dropped by the lease guard.
+async fn skip_items(
     conn: &mut SqliteConnection,
     run_id: &str,
+    from: ItemStatus,
     reason: SkipReason,
     now: &str,
 ) -> Result<i64> {
     let done = sqlx::query(
         "UPDATE enrichment_items SET status = 'skipped', skipped_reason = ?, error = NULL, \
-         completed_at = ?, updated_at = ? WHERE run_id = ? AND status = 'pending'",
+         completed_at = ?, updated_at = ?, lease_owner = NULL, lease_token = NULL, \
+         lease_expires_at = NULL WHERE run_id = ? AND status = ?",
     )
     .bind(reason.as_str())
     .bind(now)
     .bind(now)
     .bind(run_id)
+    .bind(from.as_str())
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() as i64)
@@ -693,7 +698,14 @@ impl RunStore for SqliteStore {
                 message: "The run's status changed while cancelling; read it again.".into(),
             });
         }
-        let skipped = skip_pending(&mut tx, id, SkipReason::RunCancelled, &now).await?;
+        let skipped = skip_items(
+            &mut tx,
+            id,
+            ItemStatus::Pending,
+            SkipReason::RunCancelled,
+            &now,
+        )
+        .await?;
         let mut deltas = CountDeltas::default();
         deltas.moved(id, ItemStatus::Pending, ItemStatus::Skipped, skipped);
         deltas.apply(&mut tx, &now).await?;
@@ -991,9 +1003,14 @@ impl RunStore for SqliteStore {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 1 {
-            let skipped = skip_pending(&mut tx, run_id, SkipReason::RunFailed, &now).await?;
+            // Every item not yet ended is skipped, running ones too: a failed run is terminal
+            // and its counts show no item still running.
             let mut deltas = CountDeltas::default();
-            deltas.moved(run_id, ItemStatus::Pending, ItemStatus::Skipped, skipped);
+            for from in [ItemStatus::Pending, ItemStatus::Running] {
+                let skipped =
+                    skip_items(&mut tx, run_id, from, SkipReason::RunFailed, &now).await?;
+                deltas.moved(run_id, from, ItemStatus::Skipped, skipped);
+            }
             deltas.apply(&mut tx, &now).await?;
         }
         tx.commit().await?;
