@@ -39,11 +39,48 @@ pub struct ServeArgs {
     /// Most rows one CSV import may hold.
     #[arg(long, env = "PUFFLE_MAX_CSV_ROWS", default_value_t = 100_000)]
     pub max_csv_rows: usize,
+    /// Most leads one JSON import (POST /api/lists/import) may hold.
+    #[arg(long, env = "PUFFLE_MAX_IMPORT_LEADS", default_value_t = 500)]
+    pub max_import_leads: usize,
+    /// Most lead ids one membership request may name.
+    #[arg(long, env = "PUFFLE_MAX_IDS_PER_REQUEST", default_value_t = 1000)]
+    pub max_ids_per_request: usize,
+    /// Most items one enrichment run may have.
+    #[arg(long, env = "PUFFLE_MAX_ITEMS_PER_RUN", default_value_t = 1_000_000)]
+    pub max_items_per_run: usize,
+    /// Deepest nesting of arrays and objects in a JSON body.
+    #[arg(long, env = "PUFFLE_MAX_JSON_DEPTH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=128))]
+    pub max_json_depth: u16,
+    /// Largest request target plus headers, in bytes (larger: 431).
+    #[arg(long, env = "PUFFLE_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Requests per second one API key may make on average (0: no limit).
+    #[arg(long, env = "PUFFLE_RATE_LIMIT_PER_SECOND", default_value_t = 200.0)]
+    pub rate_limit_per_second: f64,
+    /// Requests one API key may make at once before the per-second rate applies.
+    #[arg(long, env = "PUFFLE_RATE_LIMIT_BURST", default_value_t = 2000)]
+    pub rate_limit_burst: u32,
     /// Serve the API only: run no worker pool in this process.
     #[arg(long)]
     pub no_worker: bool,
     #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// How logs are written (to stderr).
+#[derive(Args)]
+pub struct LogArgs {
+    /// `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, env = "PUFFLE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Settings of the worker pool and of the providers it calls.
@@ -97,6 +134,8 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
     #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
     pub engine: EngineArgs,
 }
 
@@ -128,14 +167,24 @@ pub enum AdminCommand {
     },
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PUFFLE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // JSON lines carry the current span's fields (request_id, method, route) at the top level
+    // and every enclosing span in `spans`, so each line of a request can be found by its id.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .try_init(),
+    };
 }
 
 /// Print an operator error on stderr and pick the exit code.
@@ -150,7 +199,7 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
 }
 
 pub async fn serve(args: ServeArgs) -> ExitCode {
-    init_logging();
+    init_logging(args.log.log_format);
     finish(serve_inner(args).await)
 }
 
@@ -161,9 +210,19 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
         )?),
         _ => None,
     };
+    let from_env = bootstrap_api_key.is_some();
     let mut config = puffle_server::Config::new(args.bind, args.db.database_url);
     config.max_body_bytes = args.max_body_bytes;
     config.max_csv_rows = args.max_csv_rows;
+    config.max_import_leads = args.max_import_leads;
+    config.max_ids_per_request = args.max_ids_per_request;
+    config.max_items_per_run = args.max_items_per_run;
+    config.max_json_depth = usize::from(args.max_json_depth);
+    config.max_header_bytes = args.max_header_bytes;
+    config.rate_limit = puffle_server::RateLimit {
+        per_second: args.rate_limit_per_second.max(0.0),
+        burst: f64::from(args.rate_limit_burst),
+    };
     config.bootstrap_api_key = bootstrap_api_key;
     config.run_worker = !args.no_worker;
     config.engine = args.engine.config();
@@ -171,8 +230,13 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     let base = format!("http://{}", running.addr);
     if let Some(key) = &running.bootstrap_key {
         say!("Created workspace \"default\" and admin user admin@localhost with 1000 credits.");
-        say!("Its API key is shown this once; keep it:");
-        say!("  export PUFFLE_API_KEY={}", key.expose());
+        if from_env {
+            // The operator has it already; stderr often ends up in a log collector.
+            say!("Its API key is the one in PUFFLE_BOOTSTRAP_API_KEY.");
+        } else {
+            say!("Its API key is shown this once; keep it:");
+            say!("  export PUFFLE_API_KEY={}", key.expose());
+        }
     }
     say!("Puffle is listening on {base}");
     say!("Try: curl -s {base}/api/account -H \"Authorization: Bearer $PUFFLE_API_KEY\"");
@@ -204,7 +268,7 @@ async fn shutdown_signal() {
 }
 
 pub async fn worker(args: WorkerArgs) -> ExitCode {
-    init_logging();
+    init_logging(args.log.log_format);
     finish(
         async {
             let store = open(&args.db).await?;

@@ -9,6 +9,9 @@ pub mod lead;
 pub mod list;
 pub mod run;
 
+#[cfg(test)]
+mod proptests;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -25,6 +28,12 @@ pub fn is_id(s: &str) -> bool {
 /// Now, as the API writes timestamps: RFC 3339 UTC with milliseconds (`2026-11-28T14:00:00.123Z`).
 pub fn now_timestamp() -> String {
     format_timestamp(OffsetDateTime::now_utc())
+}
+
+/// Unix milliseconds of a timestamp the API wrote (RFC 3339); `None` for anything else.
+pub fn timestamp_unix_ms(s: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 pub fn format_timestamp(t: OffsetDateTime) -> String {

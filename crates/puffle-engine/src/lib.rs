@@ -7,6 +7,7 @@ pub mod builtins;
 pub mod catalog;
 mod config;
 mod executor;
+pub mod metrics;
 mod outcome;
 pub mod providers;
 pub mod template;
@@ -14,5 +15,6 @@ mod worker;
 
 pub use catalog::{Catalog, Enrichment};
 pub use config::EngineConfig;
+pub use metrics::EngineMetrics;
 pub use outcome::Outcome;
 pub use worker::WorkerPool;

@@ -545,3 +545,100 @@ mod tests {
         assert!(render_placeholders_as("{{x}}", "v").is_err());
     }
 }
+
+/// Properties of the template language, which users write by hand in `custom_http` and
+/// `custom_ai` inputs.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn decode(s: &str) -> Option<String> {
+        let bytes = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).ok()
+    }
+
+    /// Templates mixing braces, dots and placeholder-like text.
+    fn template() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                "\\PC{0,6}",
+                Just("{{".to_string()),
+                Just("}}".to_string()),
+                "\\{\\{ ?(lead|input|leads|x)(\\.[a-z0-9.]{0,8})? ?\\}\\}",
+            ],
+            0..8,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    fn context(value: String) -> Context {
+        Context::from_values(
+            json!({"name": {"full": value.clone()}, "contacts": [{"value": value.clone()}],
+                   "attributes": {"a.b": value.clone(), "n": 3}}),
+            json!({"v": value, "nested": {"x": [1, null]}}),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn rendering_never_panics(t in template(), v in "\\PC{0,10}") {
+            let ctx = context(v);
+            let _ = render_text(&t, &ctx);
+            let _ = render_url(&t, &ctx);
+            let _ = render_json(&json!({"k": t.clone(), "a": [t.clone()]}), &ctx);
+        }
+
+        #[test]
+        fn validation_agrees_with_shape_rendering(t in template()) {
+            prop_assert_eq!(validate(&t).is_ok(), render_placeholders_as(&t, "x").is_ok());
+        }
+
+        #[test]
+        fn text_without_placeholders_is_itself(t in "[^{]{0,30}", v in "\\PC{0,10}") {
+            prop_assert_eq!(render_text(&t, &context(v.clone())), Ok(t.clone()));
+            prop_assert_eq!(render_placeholders_as(&t, "x"), Ok(t));
+        }
+
+        #[test]
+        fn text_values_are_inserted_verbatim(pre in "[^{]{0,8}", post in "[^{}]{0,8}", v in "\\PC{1,12}") {
+            let t = format!("{pre}{{{{ input.v }}}}{post}");
+            prop_assert_eq!(render_text(&t, &context(v.clone())), Ok(format!("{pre}{v}{post}")));
+        }
+
+        #[test]
+        fn url_values_are_encoded_and_decode_back(v in "\\PC{1,20}") {
+            let url = render_url("https://x.example/{{lead.name.full}}?q={{input.v}}", &context(v.clone()))
+                .expect("present values render");
+            let (path, query) = url["https://x.example/".len()..].split_once("?q=").expect("shape kept");
+            // No value can add a path segment, a parameter or a fragment.
+            for part in [path, query] {
+                prop_assert!(!part.contains(['/', '?', '&', '#', '=', ' ']), "{}", part);
+                prop_assert_eq!(decode(part), Some(v.clone()));
+            }
+        }
+
+        #[test]
+        fn missing_values_are_reported_not_rendered(key in "[a-z]{1,8}") {
+            prop_assume!(key != "v" && key != "nested");
+            let t = format!("a{{{{input.{key}}}}}b");
+            prop_assert_eq!(
+                render_text(&t, &context("x".into())),
+                Err(TemplateError::Missing(vec![format!("input.{key}")]))
+            );
+        }
+    }
+}

@@ -20,7 +20,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::catalog::{Binding, Catalog, Enrichment};
 use crate::executor::{Executor, RunFailure};
-use crate::{EngineConfig, Outcome};
+use crate::{EngineConfig, EngineMetrics, Outcome};
 
 /// Most items claimed in one statement.
 const CLAIM_BATCH: usize = 256;
@@ -54,6 +54,17 @@ impl WorkerPool {
         config: EngineConfig,
         wake: Arc<Notify>,
     ) -> WorkerPool {
+        Self::start_observed(store, catalog, config, wake, Arc::default())
+    }
+
+    /// [`WorkerPool::start`], counting items and provider calls into `metrics`.
+    pub fn start_observed(
+        store: Arc<dyn Store>,
+        catalog: Arc<Catalog>,
+        config: EngineConfig,
+        wake: Arc<Notify>,
+        metrics: Arc<EngineMetrics>,
+    ) -> WorkerPool {
         store.subscribe_work(Arc::downgrade(&wake));
         let (shutdown, rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -64,6 +75,7 @@ impl WorkerPool {
             worker_id: format!("worker-{}", puffle_domain::new_id()),
             held: Mutex::new(HashSet::new()),
             next_retry_ms: Mutex::new(None),
+            metrics,
         });
         let task = tokio::spawn(run(shared, wake, rx));
         WorkerPool { shutdown, task }
@@ -89,6 +101,7 @@ struct Shared {
     /// The earliest time (unix ms) a retry this worker scheduled falls due, so an idle worker
     /// wakes for it instead of waiting for the next poll.
     next_retry_ms: Mutex<Option<i64>>,
+    metrics: Arc<EngineMetrics>,
 }
 
 impl Shared {
@@ -217,6 +230,7 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
             {
                 let id = item.id.clone();
                 let finish = execute_item(&shared, &spec, item, lead, membership).await;
+                count_outcome(&shared, &finish);
                 let _ = done_tx.send(finish);
                 shared.held().remove(&id);
                 continue;
@@ -231,6 +245,7 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
             tasks.spawn(async move {
                 let id = item.id.clone();
                 let finish = execute_item(&shared, &spec, item, lead, membership).await;
+                count_outcome(&shared, &finish);
                 // Hand over before forgetting it, so shutdown never releases a finished item.
                 let _ = done.send(finish);
                 shared.held().remove(&id);
@@ -362,8 +377,19 @@ async fn execute_item(
     if run.write_policy == WritePolicy::FillEmpty && current.is_some_and(has_value) {
         return skip(SkipReason::AlreadyHasValue);
     }
+    let started = std::time::Instant::now();
     let execution = match shared.executor.execute(enrichment, &lead, &run.input).await {
-        Ok(execution) => execution,
+        Ok(execution) => {
+            let error = match &execution.outcome {
+                Outcome::Fail(_) => Some("failed"),
+                Outcome::Retry { .. } => Some("retryable"),
+                _ => None,
+            };
+            shared
+                .metrics
+                .provider_called(&execution.provider, started.elapsed(), error);
+            execution
+        }
         Err(RunFailure(message)) => {
             return fail_run(shared, run, &message, skip(SkipReason::RunFailed)).await;
         }
@@ -422,6 +448,15 @@ async fn execute_item(
         provider: Some(execution.provider),
         ..finish(outcome, executed)
     }
+}
+
+fn count_outcome(shared: &Shared, finish: &Finish) {
+    shared.metrics.item_finished(match finish.outcome {
+        FinishOutcome::Completed { .. } => "completed",
+        FinishOutcome::Failed { .. } => "failed",
+        FinishOutcome::Skipped(_) => "skipped",
+        FinishOutcome::Retry { .. } => "retry",
+    });
 }
 
 /// The run cannot work at all: fail it (its pending items are skipped) and end this item.

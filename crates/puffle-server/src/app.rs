@@ -11,6 +11,8 @@ use puffle_store::Store;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::limits::{RateLimit, RateLimiter};
+
 /// How to run the server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -23,6 +25,18 @@ pub struct Config {
     pub max_csv_bytes: usize,
     /// Most rows one CSV import may hold.
     pub max_csv_rows: usize,
+    /// Most leads one JSON import (`POST /api/lists/import`) may hold.
+    pub max_import_leads: usize,
+    /// Most lead ids one membership request (`/api/lists/{id}/leads`) may name.
+    pub max_ids_per_request: usize,
+    /// Most items one enrichment run may have (the resolved scope, and `scope.leadIds`).
+    pub max_items_per_run: usize,
+    /// Deepest nesting of arrays and objects in a JSON body (serde_json stops at 128 anyway).
+    pub max_json_depth: usize,
+    /// Largest request target plus headers, in bytes; larger is `431`.
+    pub max_header_bytes: usize,
+    /// Requests per API key: a token bucket (`per_second: 0` turns it off).
+    pub rate_limit: RateLimit,
     /// The key to bootstrap an empty database with; a random one when `None`.
     pub bootstrap_api_key: Option<ApiKey>,
     /// Run a worker pool in this process (`puffle serve --no-worker` turns it off).
@@ -39,6 +53,17 @@ impl Config {
             max_body_bytes: 10 * 1024 * 1024,
             max_csv_bytes: 256 * 1024 * 1024,
             max_csv_rows: 100_000,
+            max_import_leads: 500,
+            max_ids_per_request: 1000,
+            max_items_per_run: 1_000_000,
+            max_json_depth: 64,
+            max_header_bytes: 32 * 1024,
+            // Generous: a script paging as fast as it can on loopback stays below it; a runaway
+            // loop does not.
+            rate_limit: RateLimit {
+                per_second: 200.0,
+                burst: 2000.0,
+            },
             bootstrap_api_key: None,
             run_worker: true,
             engine: EngineConfig::default(),
@@ -53,6 +78,7 @@ pub struct AppState {
     pub prices: Arc<Prices>,
     pub config: Arc<Config>,
     pub metrics: Arc<crate::routes::Metrics>,
+    pub rate_limiter: Arc<RateLimiter>,
     pub catalog: Arc<Catalog>,
     /// Notified when a run is created, so an idle worker starts at once.
     pub wake: Arc<Notify>,
@@ -96,19 +122,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let catalog = Arc::new(Catalog::new(&config.engine));
     let wake = Arc::new(Notify::new());
+    let metrics = Arc::new(crate::routes::Metrics::default());
     let workers = config.run_worker.then(|| {
-        WorkerPool::start(
+        WorkerPool::start_observed(
             store.clone(),
             catalog.clone(),
             config.engine.clone(),
             wake.clone(),
+            metrics.engine.clone(),
         )
     });
     let state = AppState {
         store,
         prices: Arc::new(Prices::default()),
+        rate_limiter: Arc::new(RateLimiter::new(config.rate_limit)),
         config: Arc::new(config),
-        metrics: Arc::default(),
+        metrics,
         catalog,
         wake,
     };

@@ -11,6 +11,18 @@ use crate::error::ApiError;
 
 pub const EFFECTIVE_USER_HEADER: &str = "x-puffle-effective-user";
 
+/// The token of `Authorization: Bearer <token>`, if the header has that shape.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 /// An authenticated request.
 pub struct Auth {
     /// The id of the key the request was made with.
@@ -47,22 +59,15 @@ impl FromRequestParts<AppState> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let unauthorized = |m: &str| ApiError::Unauthorized(m.to_string());
-        let header = parts
+        if !parts
             .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                unauthorized(
-                    "Missing Authorization header: send `Authorization: Bearer pk_live_…`.",
-                )
-            })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            return Err(unauthorized(
+                "Missing Authorization header: send `Authorization: Bearer pk_live_…`.",
+            ));
+        }
+        let token = bearer_token(&parts.headers)
             .ok_or_else(|| unauthorized("The Authorization header must be `Bearer <API key>`."))?;
         let key = ApiKey::parse(token).ok_or_else(|| {
             unauthorized("The API key is malformed (expected pk_live_ and 64 hex characters).")

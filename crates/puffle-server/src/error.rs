@@ -25,6 +25,12 @@ pub enum ApiError {
         reason: Option<&'static str>,
     },
     PayloadTooLarge(String),
+    /// 431 **[ours]**: the request's headers are larger than the server accepts.
+    HeadersTooLarge(String),
+    /// 429, with `Retry-After` in whole seconds.
+    RateLimited {
+        retry_after: u64,
+    },
     /// 500. The cause is logged, never sent.
     Internal(String),
 }
@@ -51,6 +57,11 @@ impl ApiError {
             }
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_headers_too_large",
+            ),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -87,7 +98,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
         let mut extra = Map::new();
+        let mut retry_after = None;
         let message = match self {
+            ApiError::RateLimited { retry_after: secs } => {
+                retry_after = Some(secs);
+                format!("Too many requests with this API key; retry in {secs} s.")
+            }
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 "Something went wrong on our side; the error has been logged.".to_string()
@@ -107,12 +123,18 @@ impl IntoResponse for ApiError {
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::Invalid(m)
-            | ApiError::PayloadTooLarge(m) => m,
+            | ApiError::PayloadTooLarge(m)
+            | ApiError::HeadersTooLarge(m) => m,
         };
         let mut body = Map::new();
         body.insert("error".into(), json!({"code": code, "message": message}));
         body.extend(extra);
         let mut response = (status, Json(Value::Object(body))).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::limits::{json_depth, JsonDepth};
 
 /// A JSON body of type `T`. Malformed JSON, wrong types, unknown enum values and missing
 /// fields are `400 invalid_request` whose message names the field; an oversize body is `413`.
@@ -18,6 +19,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let max_depth = req.extensions().get::<JsonDepth>().map(|d| d.0);
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge(
@@ -27,6 +29,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::Invalid(format!("body: could not be read ({e})"))
             }
         })?;
+        if let Some(max) = max_depth {
+            if json_depth(&bytes) > max {
+                return Err(ApiError::invalid(
+                    "body",
+                    format!("nests arrays and objects deeper than {max} levels"),
+                ));
+            }
+        }
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -257,5 +267,42 @@ mod tests {
             panic!()
         };
         assert_eq!(m, "body: missing field `leads`");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn params(pairs: &[(&str, &str)]) -> Params {
+            Params(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn any_query_string_decodes(q in "\\PC{0,60}|([a-z%+=&]|%[0-9a-fA-F]{0,2}){0,30}") {
+                // No panic, and one pair per non-empty `&`-separated part.
+                let parts = q.split('&').filter(|p| !p.is_empty()).count();
+                prop_assert_eq!(form_pairs(&q).count(), parts);
+            }
+
+            #[test]
+            fn encoded_text_decodes_to_itself(s in "\\PC{0,20}") {
+                let encoded: String = s.bytes().map(|b| format!("%{b:02X}")).collect();
+                prop_assert_eq!(percent_decode(&encoded), s);
+            }
+
+            #[test]
+            fn limits_are_in_range_or_refused(raw in "\\PC{0,12}|[0-9]{1,25}", max in 1u32..1000, clamp in any::<bool>()) {
+                let p = params(&[("limit", raw.as_str())]);
+                if let Ok(n) = p.limit("limit", 1, max, clamp) {
+                    prop_assert!((1..=max).contains(&n), "{} from {:?}", n, raw);
+                }
+            }
+        }
     }
 }

@@ -4,8 +4,11 @@ mod app;
 mod auth;
 mod error;
 mod extract;
+mod limits;
+mod observe;
 mod openapi;
 mod routes;
 
 pub use app::{new_api_key, start, Config, Running};
+pub use limits::RateLimit;
 pub use puffle_engine::{Catalog, EngineConfig, WorkerPool};

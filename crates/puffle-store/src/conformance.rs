@@ -374,6 +374,23 @@ mod runs {
             .unwrap();
         assert!(reused && again.id == run.id);
         assert_eq!(store.balance(&ws).await.unwrap(), before - 3);
+        let queue = store.queue_stats().await.unwrap();
+        assert_eq!((queue.pending, queue.running), (3, 0));
+        let first = store
+            .items(
+                &run.id,
+                &ItemQuery {
+                    limit: 1,
+                    ..ItemQuery::default()
+                },
+            )
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(
+            queue.oldest_pending_created_at,
+            Some(first[0].created_at.clone())
+        );
 
         let claimed = store.claim_items("w1", 2, 1_000, 61_000).await.unwrap();
         assert_eq!(claimed.len(), 2);
@@ -385,6 +402,9 @@ mod runs {
                 .len()
                 == 1
         );
+        let queue = store.queue_stats().await.unwrap();
+        assert_eq!((queue.pending, queue.running), (0, 3));
+        assert_eq!(queue.oldest_pending_created_at, None);
         let run_now = store.run_for_worker(&run.id).await.unwrap();
         assert_eq!(run_now.status, RunStatus::Running);
         assert_eq!(run_now.counts.running, 3);

@@ -19,8 +19,8 @@ use serde_json::{Map, Value};
 
 pub use keys::hash_key;
 pub use runs::{
-    AttributeWrite, ClaimedItem, Finish, FinishOutcome, Item, ItemQuery, ItemTarget, NewRun, Run,
-    RunStore,
+    AttributeWrite, ClaimedItem, Finish, FinishOutcome, Item, ItemQuery, ItemTarget, NewRun,
+    QueueStats, Run, RunStore,
 };
 
 /// What a store operation can fail with. Every variant but `Internal` is the caller's doing.

@@ -170,6 +170,17 @@ pub enum FinishOutcome {
     },
 }
 
+/// The work queue at a glance, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Items waiting (including those waiting for a retry), over every active run.
+    pub pending: i64,
+    /// Items a worker holds.
+    pub running: i64,
+    /// `createdAt` of the oldest pending item, if any is pending.
+    pub oldest_pending_created_at: Option<String>,
+}
+
 /// Enrichment runs: the API side and the worker side.
 #[async_trait]
 pub trait RunStore: Send + Sync {
@@ -225,6 +236,15 @@ pub trait RunStore: Send + Sync {
     async fn rescue_expired(&self, now_ms: i64) -> Result<u64>;
     /// Fail a run: it becomes `failed` with `message`; its pending items are skipped/`run_failed`.
     async fn fail_run(&self, run_id: &str, message: &str) -> Result<()>;
+    /// Queue depth and the oldest pending item, over the whole database. Cheap: reads the
+    /// counts kept on active runs and one index entry per active run.
+    async fn queue_stats(&self) -> Result<QueueStats> {
+        // Backends that have not implemented it yet report it as unavailable, not as an empty
+        // queue (which would be a lie on a dashboard).
+        Err(crate::StoreError::Internal(
+            "queue_stats is not implemented by this backend".into(),
+        ))
+    }
     /// Notify `wake` whenever another process announces new work (a backend shared by a fleet
     /// listens for it; an embedded one has no other process, and does nothing). Stops once
     /// `wake` has no other owner.

@@ -546,6 +546,17 @@ mod tests {
         }
 
         #[test]
+        fn checking_is_idempotent(s in "\\PC{0,40}|[a-zA-Z0-9._+-]{1,12}@[a-zA-Z0-9.-]{1,12}\\.[a-zA-Z]{2,4}") {
+            let v = check(&s);
+            if let Some(email) = v["email"].as_str() {
+                let again = check(email);
+                prop_assert_eq!(&again["email"], &v["email"]);
+                prop_assert_eq!(&again["syntaxValid"], &v["syntaxValid"]);
+                prop_assert_eq!(&again["domain"], &v["domain"]);
+            }
+        }
+
+        #[test]
         fn ordinary_addresses_are_valid(
             local in "[a-z0-9]{1,20}([._+-][a-z0-9]{1,20}){0,2}",
             domain in "[a-z0-9]{1,20}(-[a-z0-9]{1,10})?\\.(com|org|co\\.uk|io|de)",

@@ -268,6 +268,19 @@ mod tests {
         }
 
         #[test]
+        fn normalizing_is_idempotent(phone in "[+0-9 ()-]{0,20}", region_code in "[A-Z]{2}") {
+            let v = normalize(&phone, Id::from_str(&region_code).ok());
+            if let Some(e164) = v["e164"].as_str() {
+                // An E.164 number needs no region: it normalizes to itself, for any region.
+                let again = normalize(e164, None);
+                prop_assert_eq!(&again["e164"], &v["e164"]);
+                prop_assert_eq!(&again["valid"], &v["valid"]);
+                let elsewhere = normalize(e164, Id::from_str("DE").ok());
+                prop_assert_eq!(&elsewhere["e164"], &v["e164"]);
+            }
+        }
+
+        #[test]
         fn never_panics_on_digit_soup(phone in "[+0-9 ()x#*.-]{0,30}", region_code in "[A-Z]{2}") {
             let v = normalize(&phone, Id::from_str(&region_code).ok());
             prop_assert!(v["valid"].is_boolean());

@@ -403,4 +403,50 @@ mod tests {
         assert!(parse_rows(many.as_bytes(), None, 2).is_err());
         assert_eq!(row_to_line("leads[3].type"), "line 5 type");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A cell: text users paste, including quotes, commas and line breaks.
+        fn cell() -> impl Strategy<Value = String> {
+            prop_oneof!["[a-zA-Z0-9 ]{0,8}", "\\PC{0,8}", "[\",\n\r]{1,3}"]
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_parse_or_are_refused(data in prop::collection::vec(any::<u8>(), 0..200), max in 0usize..5) {
+                if let Ok(leads) = parse_rows(data.as_slice(), Some(LeadType::Person), max) {
+                    prop_assert!(leads.len() <= max);
+                }
+            }
+
+            #[test]
+            fn any_text_parses_or_is_refused(data in "(type|name|email|x|,|\n|\"|person|a@b\\.io|\\PC){0,40}") {
+                let _ = parse_rows(data.as_bytes(), None, 100);
+            }
+
+            /// Rows written by a CSV writer come back as one lead each, with their names and
+            /// attributes (trimmed, as the parser trims cells).
+            #[test]
+            fn written_rows_read_back(rows in prop::collection::vec((cell(), cell()), 1..6)) {
+                let mut writer = csv::Writer::from_writer(Vec::new());
+                writer.write_record(["type", "name", "note"]).unwrap();
+                for (name, note) in &rows {
+                    writer.write_record(["person", name, note]).unwrap();
+                }
+                let data = writer.into_inner().unwrap();
+                let leads = parse_rows(data.as_slice(), None, 100).expect("a well-formed file");
+                prop_assert_eq!(leads.len(), rows.len());
+                for (lead, (name, note)) in leads.iter().zip(&rows) {
+                    let name = name.trim();
+                    let expected = (!name.is_empty()).then(|| name.to_string());
+                    prop_assert_eq!(lead.fields.name.full.clone(), expected);
+                    let note = note.trim();
+                    let got = lead.attributes.get("note").and_then(|v| v.as_str());
+                    prop_assert_eq!(got, (!note.is_empty()).then_some(note));
+                }
+            }
+        }
+    }
 }

@@ -246,6 +246,16 @@ async fn create_run(
     if mode == RunMode::Preview {
         targets.truncate(PREVIEW_LEADS);
     }
+    let max_items = state.config.max_items_per_run;
+    if targets.len() > max_items {
+        return Err(ApiError::invalid(
+            "scope",
+            format!(
+                "resolves to {} leads; a run may have at most {max_items} items on this server",
+                targets.len()
+            ),
+        ));
+    }
     let cost_per_unit = state.prices.price(&enrichment.credit_action).unwrap_or(0);
     let total_credits = match mode {
         RunMode::Preview => 0,
@@ -292,10 +302,11 @@ async fn resolve_scope(
 ) -> ApiResult<Vec<ItemTarget>> {
     match scope {
         Scope::ExplicitLeads { lead_ids, list_id } => {
-            if lead_ids.len() > MAX_EXPLICIT_LEADS {
+            let max = state.config.max_items_per_run.min(MAX_EXPLICIT_LEADS);
+            if lead_ids.len() > max {
                 return Err(ApiError::invalid(
                     "scope.leadIds",
-                    format!("may name at most {MAX_EXPLICIT_LEADS} leads"),
+                    format!("may name at most {max} leads"),
                 ));
             }
             Ok(state

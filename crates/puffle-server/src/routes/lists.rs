@@ -16,11 +16,6 @@ use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{double_option, ApiJson, Params};
 
-/// Most leads one membership request may name.
-const MAX_LEAD_IDS: usize = 1000;
-/// Most leads one JSON import may hold.
-const MAX_IMPORT_LEADS: usize = 500;
-
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(
@@ -67,14 +62,16 @@ fn list_name(name: &str) -> ApiResult<String> {
     Ok(name.to_string())
 }
 
-fn lead_ids(ids: Vec<String>, required: bool) -> ApiResult<Vec<String>> {
+/// The ids of a membership request: at most `max` (`Config::max_ids_per_request`), duplicates
+/// counted once.
+fn lead_ids(ids: Vec<String>, required: bool, max: usize) -> ApiResult<Vec<String>> {
     if required && ids.is_empty() {
         return Err(ApiError::invalid("leadIds", "must name at least one lead"));
     }
-    if ids.len() > MAX_LEAD_IDS {
+    if ids.len() > max {
         return Err(ApiError::invalid(
             "leadIds",
-            format!("may name at most {MAX_LEAD_IDS} leads per request"),
+            format!("may name at most {max} leads per request"),
         ));
     }
     let mut seen = std::collections::HashSet::new();
@@ -103,7 +100,7 @@ async fn create_list(
         name: list_name(body.name.as_deref().unwrap_or(DEFAULT_LIST_NAME))?,
         description: body.description,
         lead_type: body.lead_type.unwrap_or(ListLeadType::Person),
-        lead_ids: lead_ids(body.lead_ids, false)?,
+        lead_ids: lead_ids(body.lead_ids, false, state.config.max_ids_per_request)?,
     };
     let list = state.store.create_list(auth.workspace(), list).await?;
     Ok(Json(json!({"list": list})))
@@ -193,7 +190,7 @@ async fn add_leads(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<LeadIds>,
 ) -> ApiResult<Json<Value>> {
-    let ids = lead_ids(body.lead_ids, true)?;
+    let ids = lead_ids(body.lead_ids, true, state.config.max_ids_per_request)?;
     let list = state.store.add_members(auth.workspace(), &id, &ids).await?;
     Ok(Json(json!({"list": list})))
 }
@@ -204,7 +201,7 @@ async fn remove_leads(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<LeadIds>,
 ) -> ApiResult<Json<Value>> {
-    let ids = lead_ids(body.lead_ids, true)?;
+    let ids = lead_ids(body.lead_ids, true, state.config.max_ids_per_request)?;
     let list = state
         .store
         .remove_members(auth.workspace(), &id, &ids)
@@ -226,13 +223,11 @@ async fn import(
     auth: Auth,
     ApiJson(body): ApiJson<Import>,
 ) -> ApiResult<Json<Value>> {
-    if body.leads.is_empty() || body.leads.len() > MAX_IMPORT_LEADS {
+    let max = state.config.max_import_leads;
+    if body.leads.is_empty() || body.leads.len() > max {
         return Err(ApiError::invalid(
             "leads",
-            format!(
-                "must hold 1 to {MAX_IMPORT_LEADS} leads, got {}",
-                body.leads.len()
-            ),
+            format!("must hold 1 to {max} leads, got {}", body.leads.len()),
         ));
     }
     let leads = body

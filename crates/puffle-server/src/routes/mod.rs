@@ -33,9 +33,14 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(reject_nul_in_url))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            service::record_metrics,
+            crate::limits::guard,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        // Outermost, so that limit refusals and panics carry a request id and are counted.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::observe::request_context,
+        ))
         .with_state(state)
 }
 

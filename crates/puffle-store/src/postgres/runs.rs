@@ -1278,6 +1278,25 @@ impl RunStore for PgStore {
         Ok(rescued)
     }
 
+    async fn queue_stats(&self) -> Result<QueueStats> {
+        // Counts are columns of the active runs; the oldest pending item of each is the first
+        // entry of its (run_id, status, id) index, ids being in creation order.
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(n_pending), 0)::int8 AS pending, \
+             COALESCE(SUM(n_running), 0)::int8 AS running, \
+             MIN((SELECT created_at FROM enrichment_items i WHERE i.run_id = r.id \
+                  AND i.status = 'pending' ORDER BY i.id LIMIT 1)) AS oldest \
+             FROM enrichment_runs r WHERE r.status IN ('pending', 'running')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueStats {
+            pending: row.try_get("pending")?,
+            running: row.try_get("running")?,
+            oldest_pending_created_at: row.try_get("oldest")?,
+        })
+    }
+
     async fn fail_run(&self, run_id: &str, message: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let now = now_timestamp();

@@ -989,6 +989,25 @@ impl RunStore for SqliteStore {
         Ok(rescued)
     }
 
+    async fn queue_stats(&self) -> Result<QueueStats> {
+        // Counts are columns of the run (partial index of active runs); the oldest pending item
+        // of each active run is the first entry of its (run_id, status, id) index, ids being
+        // in creation order.
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(n_pending), 0) AS pending, COALESCE(SUM(n_running), 0) AS running, \
+             MIN((SELECT created_at FROM enrichment_items i WHERE i.run_id = r.id \
+                  AND i.status = 'pending' ORDER BY i.id LIMIT 1)) AS oldest \
+             FROM enrichment_runs r WHERE r.status IN ('pending', 'running')",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(QueueStats {
+            pending: row.try_get("pending")?,
+            running: row.try_get("running")?,
+            oldest_pending_created_at: row.try_get("oldest")?,
+        })
+    }
+
     async fn fail_run(&self, run_id: &str, message: &str) -> Result<()> {
         let mut tx = self.write.begin().await?;
         let now = now_timestamp();
