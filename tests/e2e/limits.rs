@@ -223,3 +223,56 @@ async fn a_run_over_the_item_limit_is_400_and_creates_nothing() {
     assert_eq!(r.body["reusedExistingRun"], false);
     assert_eq!(r.body["leadCount"], 2);
 }
+
+#[tokio::test]
+async fn runs_over_the_active_limit_are_409_charge_nothing_and_free_up_when_one_ends() {
+    let app = TestApp::spawn_with(|c| {
+        c.max_active_runs = 2;
+        c.run_worker = false;
+    })
+    .await;
+    let ids = app.companies("busy", 2, None).await;
+    let body = |key: &str| {
+        json!({"enrichmentId": "custom_http", "scope": {"type": "explicit_leads", "leadIds": ids},
+               "idempotencyKey": key, "input": {"url": "https://example.com/{{lead.domain}}"}})
+    };
+    let first = app.enrich(body("first")).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let before = app.balance().await;
+    // Four creates race for the one place left: exactly one gets it, on every backend.
+    let calls = (0..4).map(|i| {
+        let body = body(&format!("race-{i}"));
+        let app = &app;
+        async move { app.enrich(body).await }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let won: Vec<_> = answers.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "{:?}",
+        answers.iter().map(|r| &r.text).collect::<Vec<_>>()
+    );
+    for r in answers.iter().filter(|r| r.status != 200) {
+        r.assert_error(409, "conflict");
+        assert_eq!(r.body["reason"], "too_many_active_runs", "{}", r.text);
+    }
+    assert_eq!(
+        app.balance().await,
+        before - 2,
+        "only the run created was charged"
+    );
+    // A repeated idempotency key still answers with its run.
+    let again = app.enrich(body("first")).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["reusedExistingRun"], true);
+    // Once a run ends, a new one is accepted.
+    let id = first.body["runId"].as_str().unwrap();
+    let r = app
+        .post(&format!("/api/enrichment/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = app.enrich(body("after-cancel")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["reusedExistingRun"], false);
+}

@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Most items one enrichment run may have.
     #[arg(long, env = "PUFFLE_MAX_ITEMS_PER_RUN", default_value_t = 1_000_000)]
     pub max_items_per_run: usize,
+    /// Most enrichment runs one workspace may have pending or running at once (0: no limit).
+    #[arg(long, env = "PUFFLE_MAX_ACTIVE_RUNS", default_value_t = 100)]
+    pub max_active_runs: u32,
     /// Deepest nesting of arrays and objects in a JSON body.
     #[arg(long, env = "PUFFLE_MAX_JSON_DEPTH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=128))]
     pub max_json_depth: u16,
@@ -217,6 +220,7 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     config.max_import_leads = args.max_import_leads;
     config.max_ids_per_request = args.max_ids_per_request;
     config.max_items_per_run = args.max_items_per_run;
+    config.max_active_runs = args.max_active_runs;
     config.max_json_depth = usize::from(args.max_json_depth);
     config.max_header_bytes = args.max_header_bytes;
     config.rate_limit = puffle_server::RateLimit {

@@ -31,6 +31,8 @@ pub struct Config {
     pub max_ids_per_request: usize,
     /// Most items one enrichment run may have (the resolved scope, and `scope.leadIds`).
     pub max_items_per_run: usize,
+    /// Most runs one workspace may have pending or running at once (`0`: no limit).
+    pub max_active_runs: u32,
     /// Deepest nesting of arrays and objects in a JSON body (serde_json stops at 128 anyway).
     pub max_json_depth: usize,
     /// Largest request target plus headers, in bytes; larger is `431`.
@@ -56,6 +58,7 @@ impl Config {
             max_import_leads: 500,
             max_ids_per_request: 1000,
             max_items_per_run: 1_000_000,
+            max_active_runs: 100,
             max_json_depth: 64,
             max_header_bytes: 32 * 1024,
             // Generous: a script paging as fast as it can on loopback stays below it; a runaway

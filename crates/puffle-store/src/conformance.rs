@@ -323,6 +323,7 @@ mod runs {
             total_credits: credits,
             idempotency_key: Some("k1".into()),
             display_request: None,
+            max_active_runs: None,
         }
     }
 

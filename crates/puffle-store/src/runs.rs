@@ -42,6 +42,23 @@ pub struct NewRun {
     pub total_credits: i64,
     pub idempotency_key: Option<String>,
     pub display_request: Option<Value>,
+    /// Refuse the run (`409`, reason [`TOO_MANY_ACTIVE_RUNS`]) when its workspace already has
+    /// this many runs pending or running; `None`: no limit.
+    pub max_active_runs: Option<u32>,
+}
+
+/// The `reason` of a run refused because its workspace has too many active runs.
+pub const TOO_MANY_ACTIVE_RUNS: &str = "too_many_active_runs";
+
+/// The refusal of a run over its workspace's limit of active runs.
+pub(crate) fn too_many_active_runs(limit: u32) -> crate::StoreError {
+    crate::StoreError::StateConflict {
+        reason: TOO_MANY_ACTIVE_RUNS,
+        message: format!(
+            "this workspace already has {limit} enrichment runs pending or running, the most \
+             this server runs at once; wait for one to end, or cancel one"
+        ),
+    }
 }
 
 /// A run as stored.

@@ -286,6 +286,7 @@ async fn create_run(
         total_credits,
         idempotency_key: request.idempotency_key.filter(|k| !k.is_empty()),
         display_request: request.display_request.map(Value::Object),
+        max_active_runs: Some(state.config.max_active_runs).filter(|&n| n > 0),
     };
     let (run, reused) = state.store.create_run(run).await?;
     if !reused {

@@ -617,6 +617,25 @@ async fn insert_run(
 
 /// Charge the run's price, refusing a short balance. The workspace row is locked before the
 /// balance is read, so two runs created at once by two processes cannot both spend it.
+/// Refuse a new run if the workspace has `limit` active runs already. Holding the workspace row
+/// (the lock `charge` takes too, so the order is the same) serialises concurrent creates of one
+/// workspace across the fleet, so the limit is exact.
+async fn check_active_runs(conn: &mut PgConnection, workspace: &str, limit: u32) -> Result<()> {
+    let active: Option<i64> = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM enrichment_runs WHERE workspace_id = w.id \
+             AND status IN ('pending', 'running')) \
+         FROM workspaces w WHERE w.id = $1 FOR NO KEY UPDATE",
+    )
+    .bind(workspace)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match active {
+        None => Err(StoreError::NotFound("workspace")),
+        Some(n) if n >= i64::from(limit) => Err(too_many_active_runs(limit)),
+        Some(_) => Ok(()),
+    }
+}
+
 async fn charge(conn: &mut PgConnection, run: &NewRun, run_id: &str) -> Result<()> {
     if run.total_credits <= 0 {
         return Ok(());
@@ -991,6 +1010,9 @@ impl RunStore for PgStore {
             }
         }
         let mut tx = self.pool.begin().await?;
+        if let Some(limit) = run.max_active_runs.filter(|_| !run.targets.is_empty()) {
+            check_active_runs(&mut tx, &run.workspace_id, limit).await?;
+        }
         let id = new_id();
         let now = now_timestamp();
         let status = if run.targets.is_empty() {
@@ -1415,6 +1437,7 @@ mod tests {
             total_credits: 0,
             idempotency_key: key.map(str::to_string),
             display_request: None,
+            max_active_runs: None,
         }
     }
 

@@ -538,6 +538,19 @@ impl RunStore for SqliteStore {
                 return Ok((load_run(&mut tx, &id).await?, true));
             }
         }
+        if let Some(limit) = run.max_active_runs.filter(|_| !run.targets.is_empty()) {
+            // The write transaction is the only writer, so the count cannot change under it.
+            let active: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM enrichment_runs WHERE workspace_id = ? \
+                 AND status IN ('pending', 'running')",
+            )
+            .bind(&run.workspace_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if active >= i64::from(limit) {
+                return Err(too_many_active_runs(limit));
+            }
+        }
         if run.total_credits > 0 {
             let balance: i64 = sqlx::query_scalar("SELECT balance FROM workspaces WHERE id = ?")
                 .bind(&run.workspace_id)
