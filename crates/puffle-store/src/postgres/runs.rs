@@ -620,20 +620,30 @@ async fn insert_run(
 /// Refuse a new run if the workspace has `limit` active runs already. Holding the workspace row
 /// (the lock `charge` takes too, so the order is the same) serialises concurrent creates of one
 /// workspace across the fleet, so the limit is exact.
+///
+/// The lock and the count are two statements: under READ COMMITTED a statement that waited for
+/// the lock still reads with the snapshot it took before waiting, so a count in the same statement
+/// would miss the run the previous holder just committed (and four racing creates all passed).
 async fn check_active_runs(conn: &mut PgConnection, workspace: &str, limit: u32) -> Result<()> {
-    let active: Option<i64> = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM enrichment_runs WHERE workspace_id = w.id \
-             AND status IN ('pending', 'running')) \
-         FROM workspaces w WHERE w.id = $1 FOR NO KEY UPDATE",
+    let locked: Option<String> =
+        sqlx::query_scalar("SELECT id FROM workspaces WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(workspace)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if locked.is_none() {
+        return Err(StoreError::NotFound("workspace"));
+    }
+    let active: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM enrichment_runs \
+         WHERE workspace_id = $1 AND status IN ('pending', 'running')",
     )
     .bind(workspace)
-    .fetch_optional(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    match active {
-        None => Err(StoreError::NotFound("workspace")),
-        Some(n) if n >= i64::from(limit) => Err(too_many_active_runs(limit)),
-        Some(_) => Ok(()),
+    if active >= i64::from(limit) {
+        return Err(too_many_active_runs(limit));
     }
+    Ok(())
 }
 
 async fn charge(conn: &mut PgConnection, run: &NewRun, run_id: &str) -> Result<()> {
