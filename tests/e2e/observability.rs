@@ -55,12 +55,6 @@ async fn every_response_carries_a_request_id() {
     assert_id(&json!(id_of(&r)));
 }
 
-/// The value of the sample `series` (name and labels, exactly), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_show_latency_items_providers_and_the_queue() {
     let provider = Provider::start(|req| {
@@ -144,6 +138,12 @@ async fn metrics_show_latency_items_providers_and_the_queue() {
     assert_eq!(
         sample(m, "puffle_queue_oldest_pending_age_seconds"),
         Some(0.0),
+        "{m}"
+    );
+    // Only the /metrics request itself is being answered: every other one was counted out.
+    assert_eq!(
+        sample(m, "puffle_http_requests_in_flight"),
+        Some(1.0),
         "{m}"
     );
 }

@@ -87,6 +87,10 @@ async fn shutdown_lets_in_flight_items_finish_and_answers_a_request_in_flight() 
         (status, r.text().await.expect("the whole body"))
     });
     started_rx.await.expect("the body started");
+    // Stop only once the server is answering it (the import and this probe are in flight): a
+    // connection still waiting in the listen queue when the server stops is refused, as it must.
+    app.wait_for_metric("puffle_http_requests_in_flight", |n| n >= 2.0)
+        .await;
     app.stop().await;
 
     let (status, text) = in_flight.await.expect("join");

@@ -648,6 +648,21 @@ impl TestApp {
         }
     }
 
+    /// Poll `GET /metrics` until the sample `series` satisfies `pred` (10 s at most).
+    pub async fn wait_for_metric(&self, series: &str, pred: impl Fn(f64) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = self.get("/metrics").await.text;
+            if sample(&text, series).is_some_and(&pred) {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("{series} never as expected:\n{text}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// `GET /api/enrichment/{id}/items{query}` with the admin key (`query` starts with `?` or is
     /// empty).
     pub async fn items_page(&self, id: &str, query: &str) -> Resp {
@@ -1551,4 +1566,10 @@ pub async fn run_cli(
         );
     }
     run
+}
+
+/// The value of the Prometheus sample `series` (name and labels, exactly) in `text`, if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

@@ -45,7 +45,9 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
         .to_string();
     let span = tracing::info_span!("request", request_id = %id, %method, %route);
     async move {
+        let in_flight = state.metrics.in_flight();
         let mut response = next.run(req).await;
+        drop(in_flight);
         let status = response.status().as_u16();
         let seconds = started.elapsed().as_secs_f64();
         state

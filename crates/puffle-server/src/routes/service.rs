@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -57,10 +58,27 @@ type RequestLatency = BTreeMap<(String, String), Histogram>;
 pub struct Metrics {
     requests: Mutex<RequestCounts>,
     latency: Mutex<RequestLatency>,
+    in_flight: AtomicI64,
     pub engine: Arc<EngineMetrics>,
 }
 
+/// One request being answered; counted in `puffle_http_requests_in_flight` until dropped (also
+/// when the client goes away and its request future is dropped unfinished).
+pub struct InFlight<'a>(&'a AtomicI64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Metrics {
+    /// Count a request as in flight until the returned guard is dropped.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+
     /// Count one answered request. `route` is the route template, never the raw path: ids would
     /// make every path its own series.
     pub fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
@@ -77,6 +95,13 @@ impl Metrics {
     }
 
     fn render_http(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "# HELP puffle_http_requests_in_flight Requests being answered right now.\n\
+             # TYPE puffle_http_requests_in_flight gauge\n\
+             puffle_http_requests_in_flight {}\n",
+            self.in_flight.load(Ordering::Relaxed)
+        );
         out.push_str(
             "# HELP puffle_http_requests_total HTTP requests answered.\n\
              # TYPE puffle_http_requests_total counter\n",
