@@ -96,12 +96,12 @@ async fn json_nested_deeper_than_the_limit_is_400_and_writes_nothing() {
         nested(10)
     );
     let r = app
-        .raw(
-            app.client
-                .post(app.url("/api/leads"))
-                .bearer_auth(&app.key)
-                .header("content-type", "application/json")
-                .body(body),
+        .send_text(
+            &app.key,
+            Method::POST,
+            "/api/leads",
+            "application/json",
+            body,
         )
         .await;
     let message = r.assert_error(400, "invalid_request");
@@ -116,11 +116,12 @@ async fn a_hostile_nesting_depth_is_400_with_the_default_limit() {
     let app = TestApp::spawn().await;
     for depth in [65, 129, 100_000] {
         let r = app
-            .raw(
-                app.client
-                    .post(app.url("/api/leads"))
-                    .bearer_auth(&app.key)
-                    .body(nested(depth)),
+            .send_text(
+                &app.key,
+                Method::POST,
+                "/api/leads",
+                "application/json",
+                nested(depth),
             )
             .await;
         r.assert_error(400, "invalid_request");

@@ -73,14 +73,14 @@ async fn keys_authenticate_until_revoked(store: &dyn Store) {
     assert!(store.authenticate(&key(3)).await.unwrap().is_some());
 }
 
+/// The workspace of the user holding test key `n`.
+async fn workspace_of(store: &dyn Store, n: u8) -> String {
+    let caller = store.authenticate(&key(n)).await.unwrap().unwrap();
+    caller.user.workspace_id
+}
+
 async fn leads_dedupe_and_stay_in_their_workspace(store: &dyn Store) {
-    let a = store
-        .authenticate(&key(3))
-        .await
-        .unwrap()
-        .unwrap()
-        .user
-        .workspace_id;
+    let a = workspace_of(store, 3).await;
     let other = NewUser {
         email: "b@b.io".into(),
         role: Role::Admin,
@@ -141,13 +141,7 @@ async fn leads_dedupe_and_stay_in_their_workspace(store: &dyn Store) {
 }
 
 async fn list_membership_respects_lead_type(store: &dyn Store) {
-    let ws = store
-        .authenticate(&key(3))
-        .await
-        .unwrap()
-        .unwrap()
-        .user
-        .workspace_id;
+    let ws = workspace_of(store, 3).await;
     let (company, _) = store
         .create_lead(
             &ws,
@@ -182,13 +176,7 @@ async fn list_membership_respects_lead_type(store: &dyn Store) {
 
 /// PostgreSQL `text` cannot hold NUL; a lead naming one must still be stored and listed.
 async fn nul_characters_are_stored_not_fatal(store: &dyn Store) {
-    let ws = store
-        .authenticate(&key(3))
-        .await
-        .unwrap()
-        .unwrap()
-        .user
-        .workspace_id;
+    let ws = workspace_of(store, 3).await;
     let (l, _) = store
         .create_lead(
             &ws,
@@ -294,36 +282,52 @@ async fn postgres_concurrent_creates_dedupe() {
     assert_eq!(store.balance(&ws.id).await.unwrap(), 1050);
 }
 
+/// A free `company_domain` run of `user` over `targets`, for store tests of either backend.
+pub(crate) fn sample_run(
+    ws: &str,
+    user: &str,
+    targets: Vec<crate::ItemTarget>,
+    key: Option<&str>,
+) -> crate::NewRun {
+    use puffle_domain::run::{OutputTarget, RunMode, Subject, WritePolicy};
+    crate::NewRun {
+        workspace_id: ws.into(),
+        user_id: user.into(),
+        mode: RunMode::Persisted,
+        enrichment_slug: "company_domain".into(),
+        enrichment_snapshot: serde_json::json!({}),
+        subject: Subject::Any,
+        scope_type: "explicit_leads".into(),
+        list_id: None,
+        scope_requested: serde_json::json!({}),
+        targets,
+        output_target: OutputTarget::Lead,
+        attribute_key: "company_domain".into(),
+        write_policy: WritePolicy::Overwrite,
+        persist_results: true,
+        input: serde_json::json!({}),
+        credit_action: "custom_http".into(),
+        cost_per_unit: 0,
+        total_credits: 0,
+        idempotency_key: key.map(str::to_string),
+        display_request: None,
+        max_active_runs: None,
+    }
+}
+
 mod runs {
-    use puffle_domain::run::{ItemStatus, OutputTarget, RunMode, RunStatus, Subject, WritePolicy};
+    use puffle_domain::run::{ItemStatus, RunStatus};
     use serde_json::json;
 
     use super::*;
     use crate::{Finish, FinishOutcome, ItemQuery, NewRun};
 
+    /// The shared sample run, charging `credits` under the idempotency key `k1`.
     fn new_run(ws: &str, user: &str, targets: Vec<crate::ItemTarget>, credits: i64) -> NewRun {
         NewRun {
-            workspace_id: ws.into(),
-            user_id: user.into(),
-            mode: RunMode::Persisted,
-            enrichment_slug: "company_domain".into(),
-            enrichment_snapshot: json!({}),
-            subject: Subject::Any,
-            scope_type: "explicit_leads".into(),
-            list_id: None,
-            scope_requested: json!({}),
-            targets,
-            output_target: OutputTarget::Lead,
-            attribute_key: "company_domain".into(),
-            write_policy: WritePolicy::Overwrite,
-            persist_results: true,
-            input: json!({}),
-            credit_action: "custom_http".into(),
             cost_per_unit: 1,
             total_credits: credits,
-            idempotency_key: Some("k1".into()),
-            display_request: None,
-            max_active_runs: None,
+            ..super::sample_run(ws, user, targets, Some("k1"))
         }
     }
 

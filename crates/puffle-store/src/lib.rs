@@ -4,6 +4,7 @@
 
 mod keys;
 mod postgres;
+mod rows;
 mod runs;
 pub mod scratch;
 mod sqlite;

@@ -19,12 +19,14 @@ use puffle_domain::lead::{
 use puffle_domain::list::{List, ListLeadType, ALL_LIST_NAME};
 use puffle_domain::{new_id, now_timestamp, Invalid, LeadType};
 use serde_json::{Map, Value};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use crate::keys::{hash_key, hashes_match};
 // Backend-neutral logic shared with the SQLite backend.
-pub(crate) use crate::sqlite::decode_err;
+use crate::rows::{
+    decode_err, lead_from, lead_type_from, list_from, user_from, LEAD_SELECT, LIST_SELECT,
+};
 use crate::sqlite::{not_found_as_invalid, page_limit, typed_keys};
 use crate::{
     Caller, Imported, KeyInfo, LeadEdit, LeadPage, LeadQuery, LedgerEntry, ListPatch, MemberPage,
@@ -65,69 +67,6 @@ fn pool_size() -> u32 {
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
         .unwrap_or(10)
-}
-
-fn user_from(row: &PgRow) -> Result<User> {
-    let role: String = row.try_get("role")?;
-    Ok(User {
-        id: row.try_get("id")?,
-        email: row.try_get("email")?,
-        role: Role::parse(&role).ok_or_else(|| decode_err("role", &role))?,
-        workspace_id: row.try_get("workspace_id")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn lead_type_from(s: &str) -> Result<LeadType> {
-    LeadType::parse(s).ok_or_else(|| decode_err("lead type", s))
-}
-
-fn list_lead_type_from(s: &str) -> Result<ListLeadType> {
-    ListLeadType::parse(s).ok_or_else(|| decode_err("list lead type", s))
-}
-
-fn list_from(row: &PgRow) -> Result<List> {
-    let lead_type: String = row.try_get("lead_type")?;
-    Ok(List {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        lead_type: list_lead_type_from(&lead_type)?,
-        lead_count: row.try_get("lead_count")?,
-        person_count: row.try_get("person_count")?,
-        company_count: row.try_get("company_count")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-/// Lists with their member counts. Callers append `WHERE`/`ORDER BY`.
-const LIST_SELECT: &str = "SELECT l.id, l.name, l.description, l.lead_type, l.created_at, \
-     l.updated_at, l.is_all, \
-     (SELECT count(*) FROM memberships m WHERE m.list_id = l.id) AS lead_count, \
-     (SELECT count(*) FROM memberships m WHERE m.list_id = l.id AND m.lead_type = 'person') \
-        AS person_count, \
-     (SELECT count(*) FROM memberships m WHERE m.list_id = l.id AND m.lead_type = 'company') \
-        AS company_count \
-     FROM lists l";
-
-pub(crate) const LEAD_SELECT: &str =
-    "SELECT id, type, fields, attributes, created_at, updated_at FROM leads";
-
-/// A lead row before its lists are attached.
-pub(crate) fn lead_from(row: &PgRow) -> Result<Lead> {
-    let kind: String = row.try_get("type")?;
-    let fields: String = row.try_get("fields")?;
-    let attributes: String = row.try_get("attributes")?;
-    Ok(Lead {
-        id: row.try_get("id")?,
-        kind: lead_type_from(&kind)?,
-        fields: serde_json::from_str(&fields)?,
-        attributes: serde_json::from_str(&attributes)?,
-        lists: Vec::new(),
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
 }
 
 /// Fill in `lists` on each lead with one query.
@@ -743,7 +682,11 @@ async fn list_types(
     let mut types = HashMap::with_capacity(rows.len());
     for row in rows {
         let lead_type: String = row.try_get(1)?;
-        types.insert(row.try_get(0)?, list_lead_type_from(&lead_type)?);
+        types.insert(
+            row.try_get(0)?,
+            ListLeadType::parse(&lead_type)
+                .ok_or_else(|| decode_err("list lead type", &lead_type))?,
+        );
     }
     Ok(types)
 }

@@ -19,116 +19,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use puffle_domain::lead::Lead;
-use puffle_domain::run::{
-    Counts, ItemStatus, OutputTarget, RunMode, RunStatus, SkipReason, Subject, WritePolicy,
-};
+use puffle_domain::run::{ItemStatus, OutputTarget, RunStatus, SkipReason};
 use puffle_domain::{new_id, now_timestamp, Invalid};
 use serde_json::{json, Map, Value};
-use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 use tokio::sync::Notify;
 
-use super::{add_credits, attach_lists, decode_err, ensure_list, lead_from, PgStore, WORK_CHANNEL};
+use super::{add_credits, attach_lists, ensure_list, PgStore, WORK_CHANNEL};
+use crate::rows::{
+    decode_err, item_from, lead_from, parse_enum, run_from, to_text, ITEM_COLUMNS, RUN_COLUMNS,
+};
 use crate::runs::*;
 use crate::{Result, StoreError};
-
-const RUN_COLUMNS: &str = "id, workspace_id, user_id, status, mode, enrichment_slug, \
-    enrichment_snapshot, subject, scope_type, list_id, scope_requested, resolved_count, \
-    output_target, attribute_key, write_policy, persist_results, input, credit_action, \
-    cost_per_unit, total_credits, idempotency_key, display_request, error, n_pending, n_running, \
-    n_completed, n_skipped, n_failed, started_at, completed_at, cancelled_at, created_at, updated_at";
-
-const ITEM_COLUMNS: &str = "id, run_id, lead_id, list_id, membership_id, status, result, \
-    skipped_reason, error, attempts, input_snapshot, lead_snapshot, raw_result, provider, \
-    provider_submission_id, started_at, completed_at, created_at, updated_at";
 
 /// Active runs considered per claim (round-robin by least recently claimed).
 const CLAIM_RUNS: i64 = 16;
 /// Items per `INSERT … SELECT FROM unnest(…)`: big enough that a 100,000-lead run is a handful
 /// of statements, small enough to keep each message a few megabytes.
 const INSERT_CHUNK: usize = 20_000;
-
-fn json_column(row: &PgRow, column: &str) -> Result<Option<Value>> {
-    let text: Option<String> = row.try_get(column)?;
-    Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
-}
-
-fn parse_enum<T>(row: &PgRow, column: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
-    let text: String = row.try_get(column)?;
-    parse(&text).ok_or_else(|| decode_err(column, &text))
-}
-
-fn run_from(row: &PgRow) -> Result<Run> {
-    let persist: i64 = row.try_get("persist_results")?;
-    Ok(Run {
-        id: row.try_get("id")?,
-        workspace_id: row.try_get("workspace_id")?,
-        user_id: row.try_get("user_id")?,
-        status: parse_enum(row, "status", RunStatus::parse)?,
-        mode: parse_enum(row, "mode", RunMode::parse)?,
-        enrichment_slug: row.try_get("enrichment_slug")?,
-        enrichment_snapshot: json_column(row, "enrichment_snapshot")?.unwrap_or(Value::Null),
-        subject: parse_enum(row, "subject", Subject::parse)?,
-        scope_type: row.try_get("scope_type")?,
-        list_id: row.try_get("list_id")?,
-        scope_requested: json_column(row, "scope_requested")?.unwrap_or(Value::Null),
-        resolved_count: row.try_get("resolved_count")?,
-        counts: Counts {
-            pending: row.try_get("n_pending")?,
-            running: row.try_get("n_running")?,
-            completed: row.try_get("n_completed")?,
-            skipped: row.try_get("n_skipped")?,
-            failed: row.try_get("n_failed")?,
-        },
-        output_target: parse_enum(row, "output_target", OutputTarget::parse)?,
-        attribute_key: row.try_get("attribute_key")?,
-        write_policy: parse_enum(row, "write_policy", WritePolicy::parse)?,
-        persist_results: persist != 0,
-        input: json_column(row, "input")?.unwrap_or(Value::Null),
-        credit_action: row.try_get("credit_action")?,
-        cost_per_unit: row.try_get("cost_per_unit")?,
-        total_credits: row.try_get("total_credits")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        display_request: json_column(row, "display_request")?,
-        error: json_column(row, "error")?,
-        started_at: row.try_get("started_at")?,
-        completed_at: row.try_get("completed_at")?,
-        cancelled_at: row.try_get("cancelled_at")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn item_from(row: &PgRow) -> Result<Item> {
-    let skipped: Option<String> = row.try_get("skipped_reason")?;
-    Ok(Item {
-        id: row.try_get("id")?,
-        run_id: row.try_get("run_id")?,
-        lead_id: row.try_get("lead_id")?,
-        list_id: row.try_get("list_id")?,
-        membership_id: row.try_get("membership_id")?,
-        status: parse_enum(row, "status", ItemStatus::parse)?,
-        result: json_column(row, "result")?,
-        skipped_reason: skipped
-            .map(|s| SkipReason::parse(&s).ok_or_else(|| decode_err("skipped_reason", &s)))
-            .transpose()?,
-        error: json_column(row, "error")?,
-        attempts: row.try_get("attempts")?,
-        input_snapshot: json_column(row, "input_snapshot")?,
-        lead_snapshot: json_column(row, "lead_snapshot")?,
-        raw_result: json_column(row, "raw_result")?,
-        provider: row.try_get("provider")?,
-        provider_submission_id: row.try_get("provider_submission_id")?,
-        started_at: row.try_get("started_at")?,
-        completed_at: row.try_get("completed_at")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn to_text(v: &Option<Value>) -> Option<String> {
-    v.as_ref().map(Value::to_string)
-}
 
 async fn load_run(conn: &mut PgConnection, id: &str) -> Result<Run> {
     let row = sqlx::query(&format!(
@@ -1387,6 +1296,7 @@ mod tests {
     use puffle_domain::lead::LeadInput;
 
     use super::*;
+    use crate::conformance::sample_run;
     use crate::scratch::{server_url, ScratchDatabase};
     use crate::Store;
 
@@ -1423,32 +1333,6 @@ mod tests {
                 membership_id: None,
             })
             .collect()
-    }
-
-    fn new_run(ws: &str, user: &str, targets: Vec<ItemTarget>, key: Option<&str>) -> NewRun {
-        NewRun {
-            workspace_id: ws.into(),
-            user_id: user.into(),
-            mode: RunMode::Persisted,
-            enrichment_slug: "company_domain".into(),
-            enrichment_snapshot: json!({}),
-            subject: Subject::Any,
-            scope_type: "explicit_leads".into(),
-            list_id: None,
-            scope_requested: json!({}),
-            targets,
-            output_target: OutputTarget::Lead,
-            attribute_key: "company_domain".into(),
-            write_policy: WritePolicy::Overwrite,
-            persist_results: true,
-            input: json!({}),
-            credit_action: "custom_http".into(),
-            cost_per_unit: 0,
-            total_credits: 0,
-            idempotency_key: key.map(str::to_string),
-            display_request: None,
-            max_active_runs: None,
-        }
     }
 
     fn completed(item: &ClaimedItem, write: Option<AttributeWrite>) -> Finish {
@@ -1493,11 +1377,11 @@ mod tests {
         };
         let b = second_process(&db).await;
         let (big, _) = a
-            .create_run(new_run(&ws, &user, targets(3000), None))
+            .create_run(sample_run(&ws, &user, targets(3000), None))
             .await
             .unwrap();
         let (small, _) = a
-            .create_run(new_run(&ws, &user, targets(40), None))
+            .create_run(sample_run(&ws, &user, targets(40), None))
             .await
             .unwrap();
         let (a, b) = (Arc::new(a), Arc::new(b));
@@ -1538,7 +1422,7 @@ mod tests {
             membership_id: None,
         };
         let (run, _) = store
-            .create_run(new_run(&ws, &user, vec![target], None))
+            .create_run(sample_run(&ws, &user, vec![target], None))
             .await
             .unwrap();
         let write = |value: &str| AttributeWrite {
@@ -1595,7 +1479,7 @@ mod tests {
         let mut calls = Vec::new();
         for i in 0..8 {
             let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-            let mut run = new_run(&ws, &user, targets(50), Some("same-key"));
+            let mut run = sample_run(&ws, &user, targets(50), Some("same-key"));
             (run.cost_per_unit, run.total_credits) = (1, 50);
             calls.push(tokio::spawn(async move { store.create_run(run).await }));
         }
@@ -1623,7 +1507,7 @@ mod tests {
         let b = Arc::new(second_process(&db).await);
         let a = Arc::new(a);
         let (run, _) = a
-            .create_run(new_run(&ws, &user, targets(2000), None))
+            .create_run(sample_run(&ws, &user, targets(2000), None))
             .await
             .unwrap();
         // Workers that retry everything they claim, while the run is cancelled under them.
@@ -1681,7 +1565,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), wake.notified())
             .await
             .expect("the listener starts");
-        a.create_run(new_run(&ws, &user, targets(1), None))
+        a.create_run(sample_run(&ws, &user, targets(1), None))
             .await
             .unwrap();
         tokio::time::timeout(Duration::from_secs(5), wake.notified())
@@ -1716,7 +1600,7 @@ mod tests {
         .unwrap();
         assert_eq!(ended, vec![true]);
         wait("the listener reconnects and says so").await;
-        a.create_run(new_run(&ws, &user, targets(1), None))
+        a.create_run(sample_run(&ws, &user, targets(1), None))
             .await
             .unwrap();
         wait("a new run is heard on the new connection").await;
@@ -1730,7 +1614,7 @@ mod tests {
         let many = targets(100_000);
         let started = Instant::now();
         let (run, _) = store
-            .create_run(new_run(&ws, &user, many, None))
+            .create_run(sample_run(&ws, &user, many, None))
             .await
             .unwrap();
         println!("create_run of 100,000 targets took {:?}", started.elapsed());

@@ -14,12 +14,12 @@ use puffle_domain::list::{List, ListLeadType, ALL_LIST_NAME};
 use puffle_domain::{new_id, now_timestamp, Invalid, LeadType};
 use serde_json::{Map, Value};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::keys::{hash_key, hashes_match};
+use crate::rows::{lead_from, lead_type_from, list_from, user_from, LEAD_SELECT, LIST_SELECT};
 use crate::{
     Caller, Imported, KeyInfo, LeadEdit, LeadPage, LeadQuery, LedgerEntry, ListPatch, MemberPage,
     NewList, NewUser, Result, Store, StoreError, UserWorkspace,
@@ -57,69 +57,6 @@ impl SqliteStore {
         };
         Ok(SqliteStore { write, read })
     }
-}
-
-pub(crate) fn decode_err(what: &str, value: &str) -> StoreError {
-    StoreError::Internal(format!("stored {what} {value:?} is not valid"))
-}
-
-fn user_from(row: &SqliteRow) -> Result<User> {
-    let role: String = row.try_get("role")?;
-    Ok(User {
-        id: row.try_get("id")?,
-        email: row.try_get("email")?,
-        role: Role::parse(&role).ok_or_else(|| decode_err("role", &role))?,
-        workspace_id: row.try_get("workspace_id")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn lead_type_from(s: &str) -> Result<LeadType> {
-    LeadType::parse(s).ok_or_else(|| decode_err("lead type", s))
-}
-
-fn list_from(row: &SqliteRow) -> Result<List> {
-    let lead_type: String = row.try_get("lead_type")?;
-    Ok(List {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        lead_type: ListLeadType::parse(&lead_type)
-            .ok_or_else(|| decode_err("list lead type", &lead_type))?,
-        lead_count: row.try_get("lead_count")?,
-        person_count: row.try_get("person_count")?,
-        company_count: row.try_get("company_count")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-/// Lists with their member counts. Callers append `WHERE`/`ORDER BY`.
-const LIST_SELECT: &str = "SELECT l.id, l.name, l.description, l.lead_type, l.created_at, \
-     l.updated_at, l.is_all, \
-     (SELECT count(*) FROM memberships m WHERE m.list_id = l.id) AS lead_count, \
-     (SELECT count(*) FROM memberships m WHERE m.list_id = l.id AND m.lead_type = 'person') \
-        AS person_count, \
-     (SELECT count(*) FROM memberships m WHERE m.list_id = l.id AND m.lead_type = 'company') \
-        AS company_count \
-     FROM lists l";
-
-const LEAD_SELECT: &str = "SELECT id, type, fields, attributes, created_at, updated_at FROM leads";
-
-/// A lead row before its lists are attached.
-fn lead_from(row: &SqliteRow) -> Result<Lead> {
-    let kind: String = row.try_get("type")?;
-    let fields: String = row.try_get("fields")?;
-    let attributes: String = row.try_get("attributes")?;
-    Ok(Lead {
-        id: row.try_get("id")?,
-        kind: lead_type_from(&kind)?,
-        fields: serde_json::from_str(&fields)?,
-        attributes: serde_json::from_str(&attributes)?,
-        lists: Vec::new(),
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
 }
 
 /// Fill in `lists` on each lead with one query.

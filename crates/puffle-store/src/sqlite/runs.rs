@@ -5,27 +5,16 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use puffle_domain::lead::Lead;
-use puffle_domain::run::{
-    Counts, ItemStatus, OutputTarget, RunMode, RunStatus, SkipReason, Subject, WritePolicy,
-};
+use puffle_domain::run::{ItemStatus, OutputTarget, RunStatus, SkipReason};
 use puffle_domain::{new_id, now_timestamp, Invalid};
 use serde_json::{json, Map, Value};
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{add_credits, attach_lists, decode_err, ensure_list, lead_from, SqliteStore};
+use super::{add_credits, attach_lists, ensure_list, SqliteStore};
+use crate::rows::{decode_err, item_from, lead_from, run_from, to_text, ITEM_COLUMNS, RUN_COLUMNS};
 use crate::runs::*;
 use crate::{Result, StoreError};
-
-const RUN_COLUMNS: &str = "id, workspace_id, user_id, status, mode, enrichment_slug, \
-    enrichment_snapshot, subject, scope_type, list_id, scope_requested, resolved_count, \
-    output_target, attribute_key, write_policy, persist_results, input, credit_action, \
-    cost_per_unit, total_credits, idempotency_key, display_request, error, n_pending, n_running, \
-    n_completed, n_skipped, n_failed, started_at, completed_at, cancelled_at, created_at, updated_at";
-
-const ITEM_COLUMNS: &str = "id, run_id, lead_id, list_id, membership_id, status, result, \
-    skipped_reason, error, attempts, input_snapshot, lead_snapshot, raw_result, provider, \
-    provider_submission_id, started_at, completed_at, created_at, updated_at";
 
 /// Rows per multi-row INSERT of items (7 bound values each, far below SQLite's limit).
 const INSERT_CHUNK: usize = 1000;
@@ -33,88 +22,6 @@ const INSERT_CHUNK: usize = 1000;
 const FINISH_CHUNK: usize = 500;
 /// Active runs considered per claim (round-robin by least recently claimed).
 const CLAIM_RUNS: i64 = 16;
-
-fn json_column(row: &SqliteRow, column: &str) -> Result<Option<Value>> {
-    let text: Option<String> = row.try_get(column)?;
-    Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
-}
-
-fn parse_enum<T>(row: &SqliteRow, column: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
-    let text: String = row.try_get(column)?;
-    parse(&text).ok_or_else(|| decode_err(column, &text))
-}
-
-fn run_from(row: &SqliteRow) -> Result<Run> {
-    let persist: i64 = row.try_get("persist_results")?;
-    Ok(Run {
-        id: row.try_get("id")?,
-        workspace_id: row.try_get("workspace_id")?,
-        user_id: row.try_get("user_id")?,
-        status: parse_enum(row, "status", RunStatus::parse)?,
-        mode: parse_enum(row, "mode", RunMode::parse)?,
-        enrichment_slug: row.try_get("enrichment_slug")?,
-        enrichment_snapshot: json_column(row, "enrichment_snapshot")?.unwrap_or(Value::Null),
-        subject: parse_enum(row, "subject", Subject::parse)?,
-        scope_type: row.try_get("scope_type")?,
-        list_id: row.try_get("list_id")?,
-        scope_requested: json_column(row, "scope_requested")?.unwrap_or(Value::Null),
-        resolved_count: row.try_get("resolved_count")?,
-        counts: Counts {
-            pending: row.try_get("n_pending")?,
-            running: row.try_get("n_running")?,
-            completed: row.try_get("n_completed")?,
-            skipped: row.try_get("n_skipped")?,
-            failed: row.try_get("n_failed")?,
-        },
-        output_target: parse_enum(row, "output_target", OutputTarget::parse)?,
-        attribute_key: row.try_get("attribute_key")?,
-        write_policy: parse_enum(row, "write_policy", WritePolicy::parse)?,
-        persist_results: persist != 0,
-        input: json_column(row, "input")?.unwrap_or(Value::Null),
-        credit_action: row.try_get("credit_action")?,
-        cost_per_unit: row.try_get("cost_per_unit")?,
-        total_credits: row.try_get("total_credits")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        display_request: json_column(row, "display_request")?,
-        error: json_column(row, "error")?,
-        started_at: row.try_get("started_at")?,
-        completed_at: row.try_get("completed_at")?,
-        cancelled_at: row.try_get("cancelled_at")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn item_from(row: &SqliteRow) -> Result<Item> {
-    let skipped: Option<String> = row.try_get("skipped_reason")?;
-    Ok(Item {
-        id: row.try_get("id")?,
-        run_id: row.try_get("run_id")?,
-        lead_id: row.try_get("lead_id")?,
-        list_id: row.try_get("list_id")?,
-        membership_id: row.try_get("membership_id")?,
-        status: parse_enum(row, "status", ItemStatus::parse)?,
-        result: json_column(row, "result")?,
-        skipped_reason: skipped
-            .map(|s| SkipReason::parse(&s).ok_or_else(|| decode_err("skipped_reason", &s)))
-            .transpose()?,
-        error: json_column(row, "error")?,
-        attempts: row.try_get("attempts")?,
-        input_snapshot: json_column(row, "input_snapshot")?,
-        lead_snapshot: json_column(row, "lead_snapshot")?,
-        raw_result: json_column(row, "raw_result")?,
-        provider: row.try_get("provider")?,
-        provider_submission_id: row.try_get("provider_submission_id")?,
-        started_at: row.try_get("started_at")?,
-        completed_at: row.try_get("completed_at")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn to_text(v: &Option<Value>) -> Option<String> {
-    v.as_ref().map(Value::to_string)
-}
 
 async fn load_run(conn: &mut SqliteConnection, id: &str) -> Result<Run> {
     let row = sqlx::query(&format!(

@@ -1,0 +1,199 @@
+//! Reading stored rows into domain values, the same for both backends: their tables have the
+//! same columns with the same meaning (text, 64-bit integers, JSON documents as text), so only
+//! the row type differs, and [`StoredRow`] hides it.
+
+use puffle_domain::account::{Role, User};
+use puffle_domain::lead::Lead;
+use puffle_domain::list::{List, ListLeadType};
+use puffle_domain::run::{
+    Counts, ItemStatus, OutputTarget, RunMode, RunStatus, SkipReason, Subject, WritePolicy,
+};
+use puffle_domain::LeadType;
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use crate::runs::{Item, Run};
+use crate::{Result, StoreError};
+
+/// A row of either backend, read by column name.
+pub(crate) trait StoredRow {
+    fn text(&self, column: &str) -> Result<String>;
+    fn text_opt(&self, column: &str) -> Result<Option<String>>;
+    fn int(&self, column: &str) -> Result<i64>;
+}
+
+macro_rules! stored_row {
+    ($row:ty) => {
+        impl StoredRow for $row {
+            fn text(&self, column: &str) -> Result<String> {
+                Ok(self.try_get(column)?)
+            }
+            fn text_opt(&self, column: &str) -> Result<Option<String>> {
+                Ok(self.try_get(column)?)
+            }
+            fn int(&self, column: &str) -> Result<i64> {
+                Ok(self.try_get(column)?)
+            }
+        }
+    };
+}
+stored_row!(SqliteRow);
+stored_row!(PgRow);
+
+/// Lists with their member counts. Callers append `WHERE`/`ORDER BY`.
+pub(crate) const LIST_SELECT: &str = "SELECT l.id, l.name, l.description, l.lead_type, \
+     l.created_at, l.updated_at, l.is_all, \
+     (SELECT count(*) FROM memberships m WHERE m.list_id = l.id) AS lead_count, \
+     (SELECT count(*) FROM memberships m WHERE m.list_id = l.id AND m.lead_type = 'person') \
+        AS person_count, \
+     (SELECT count(*) FROM memberships m WHERE m.list_id = l.id AND m.lead_type = 'company') \
+        AS company_count \
+     FROM lists l";
+
+pub(crate) const LEAD_SELECT: &str =
+    "SELECT id, type, fields, attributes, created_at, updated_at FROM leads";
+
+pub(crate) const RUN_COLUMNS: &str = "id, workspace_id, user_id, status, mode, enrichment_slug, \
+    enrichment_snapshot, subject, scope_type, list_id, scope_requested, resolved_count, \
+    output_target, attribute_key, write_policy, persist_results, input, credit_action, \
+    cost_per_unit, total_credits, idempotency_key, display_request, error, n_pending, n_running, \
+    n_completed, n_skipped, n_failed, started_at, completed_at, cancelled_at, created_at, updated_at";
+
+pub(crate) const ITEM_COLUMNS: &str = "id, run_id, lead_id, list_id, membership_id, status, \
+    result, skipped_reason, error, attempts, input_snapshot, lead_snapshot, raw_result, provider, \
+    provider_submission_id, started_at, completed_at, created_at, updated_at";
+
+pub(crate) fn decode_err(what: &str, value: &str) -> StoreError {
+    StoreError::Internal(format!("stored {what} {value:?} is not valid"))
+}
+
+/// A stored enum value (`status`, `mode`, …), parsed.
+pub(crate) fn parse_enum<T>(
+    row: &impl StoredRow,
+    column: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T> {
+    let text = row.text(column)?;
+    parse(&text).ok_or_else(|| decode_err(column, &text))
+}
+
+/// A JSON document stored as text (NULL: `None`).
+pub(crate) fn json_column(row: &impl StoredRow, column: &str) -> Result<Option<Value>> {
+    let text = row.text_opt(column)?;
+    Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+}
+
+/// A JSON document as the text to store.
+pub(crate) fn to_text(v: &Option<Value>) -> Option<String> {
+    v.as_ref().map(Value::to_string)
+}
+
+pub(crate) fn lead_type_from(s: &str) -> Result<LeadType> {
+    LeadType::parse(s).ok_or_else(|| decode_err("lead type", s))
+}
+
+pub(crate) fn user_from(row: &impl StoredRow) -> Result<User> {
+    Ok(User {
+        id: row.text("id")?,
+        email: row.text("email")?,
+        role: parse_enum(row, "role", Role::parse)?,
+        workspace_id: row.text("workspace_id")?,
+        created_at: row.text("created_at")?,
+    })
+}
+
+pub(crate) fn list_from(row: &impl StoredRow) -> Result<List> {
+    Ok(List {
+        id: row.text("id")?,
+        name: row.text("name")?,
+        description: row.text_opt("description")?,
+        lead_type: parse_enum(row, "lead_type", ListLeadType::parse)?,
+        lead_count: row.int("lead_count")?,
+        person_count: row.int("person_count")?,
+        company_count: row.int("company_count")?,
+        created_at: row.text("created_at")?,
+        updated_at: row.text("updated_at")?,
+    })
+}
+
+/// A lead row before its lists are attached.
+pub(crate) fn lead_from(row: &impl StoredRow) -> Result<Lead> {
+    Ok(Lead {
+        id: row.text("id")?,
+        kind: lead_type_from(&row.text("type")?)?,
+        fields: serde_json::from_str(&row.text("fields")?)?,
+        attributes: serde_json::from_str(&row.text("attributes")?)?,
+        lists: Vec::new(),
+        created_at: row.text("created_at")?,
+        updated_at: row.text("updated_at")?,
+    })
+}
+
+pub(crate) fn run_from(row: &impl StoredRow) -> Result<Run> {
+    Ok(Run {
+        id: row.text("id")?,
+        workspace_id: row.text("workspace_id")?,
+        user_id: row.text("user_id")?,
+        status: parse_enum(row, "status", RunStatus::parse)?,
+        mode: parse_enum(row, "mode", RunMode::parse)?,
+        enrichment_slug: row.text("enrichment_slug")?,
+        enrichment_snapshot: json_column(row, "enrichment_snapshot")?.unwrap_or(Value::Null),
+        subject: parse_enum(row, "subject", Subject::parse)?,
+        scope_type: row.text("scope_type")?,
+        list_id: row.text_opt("list_id")?,
+        scope_requested: json_column(row, "scope_requested")?.unwrap_or(Value::Null),
+        resolved_count: row.int("resolved_count")?,
+        counts: Counts {
+            pending: row.int("n_pending")?,
+            running: row.int("n_running")?,
+            completed: row.int("n_completed")?,
+            skipped: row.int("n_skipped")?,
+            failed: row.int("n_failed")?,
+        },
+        output_target: parse_enum(row, "output_target", OutputTarget::parse)?,
+        attribute_key: row.text("attribute_key")?,
+        write_policy: parse_enum(row, "write_policy", WritePolicy::parse)?,
+        persist_results: row.int("persist_results")? != 0,
+        input: json_column(row, "input")?.unwrap_or(Value::Null),
+        credit_action: row.text("credit_action")?,
+        cost_per_unit: row.int("cost_per_unit")?,
+        total_credits: row.int("total_credits")?,
+        idempotency_key: row.text_opt("idempotency_key")?,
+        display_request: json_column(row, "display_request")?,
+        error: json_column(row, "error")?,
+        started_at: row.text_opt("started_at")?,
+        completed_at: row.text_opt("completed_at")?,
+        cancelled_at: row.text_opt("cancelled_at")?,
+        created_at: row.text("created_at")?,
+        updated_at: row.text("updated_at")?,
+    })
+}
+
+pub(crate) fn item_from(row: &impl StoredRow) -> Result<Item> {
+    Ok(Item {
+        id: row.text("id")?,
+        run_id: row.text("run_id")?,
+        lead_id: row.text("lead_id")?,
+        list_id: row.text_opt("list_id")?,
+        membership_id: row.text_opt("membership_id")?,
+        status: parse_enum(row, "status", ItemStatus::parse)?,
+        result: json_column(row, "result")?,
+        skipped_reason: row
+            .text_opt("skipped_reason")?
+            .map(|s| SkipReason::parse(&s).ok_or_else(|| decode_err("skipped_reason", &s)))
+            .transpose()?,
+        error: json_column(row, "error")?,
+        attempts: row.int("attempts")?,
+        input_snapshot: json_column(row, "input_snapshot")?,
+        lead_snapshot: json_column(row, "lead_snapshot")?,
+        raw_result: json_column(row, "raw_result")?,
+        provider: row.text_opt("provider")?,
+        provider_submission_id: row.text_opt("provider_submission_id")?,
+        started_at: row.text_opt("started_at")?,
+        completed_at: row.text_opt("completed_at")?,
+        created_at: row.text("created_at")?,
+        updated_at: row.text("updated_at")?,
+    })
+}
