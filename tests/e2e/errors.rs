@@ -470,8 +470,8 @@ async fn hostile_input_never_yields_a_500() {
         ),
         (
             Method::POST,
-            "/api/user/api-keys".into(),
-            json!({"name": "k\u{0}"}),
+            "/api/admin/users".into(),
+            json!({"email": "a\u{0}@b.io", "role": "member"}),
         ),
         (
             Method::POST,
