@@ -11,6 +11,7 @@ pub mod metrics;
 mod outcome;
 pub mod providers;
 pub mod template;
+pub mod throttle;
 mod worker;
 
 pub use catalog::{Catalog, Enrichment};
