@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::api::Api;
 use crate::db::Db;
-use crate::figures::{engine_instant, engine_latency, items_page, run_create, run_watch};
+use crate::figures::{engine_instant, engine_latency, items_page, load, run_create, run_watch};
 use crate::figures::{Ctx, Scale};
 use crate::process::{Fleet, Launcher};
 use crate::report::{Figure, Report};
@@ -35,6 +35,21 @@ struct Args {
     quick: bool,
     #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
     backend: Backend,
+    /// Measure only these figures (comma-separated); the setup they need still runs.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<FigureName>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum FigureName {
+    ItemsPage,
+    RunCreate,
+    EngineInstant,
+    EngineLatency,
+    Memory,
+    Status,
+    Load,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,6 +112,8 @@ fn keep<T>(errors: &mut Vec<String>, name: &str, r: Result<T>) -> Option<T> {
 
 async fn run(args: Args) -> Result<()> {
     let scale = Scale::new(args.quick);
+    let wanted =
+        |names: &[FigureName]| args.only.is_empty() || names.iter().any(|n| args.only.contains(n));
     let (backend, worker_processes) = match args.backend {
         Backend::Sqlite => ("sqlite", 0),
         // The fleet shape: the API without a worker pool, and one worker process.
@@ -155,24 +172,54 @@ async fn run(args: Args) -> Result<()> {
     let (instant_list, import_rate) =
         seed::company_list(&ctx.api, "bench instant", "a", scale.instant_run).await?;
 
-    eprintln!("run_create + engine_instant…");
-    if let Some(runs) = keep(
-        &mut errors,
-        "run_create",
-        run_create::create_and_execute(&ctx, &instant_list).await,
-    ) {
-        let f = run_create::figure(&ctx, &instant_list, &runs).await;
-        figures.extend(keep(&mut errors, "run_create", f));
-        let f = engine_instant::figure(&ctx, &runs).await;
-        figures.extend(keep(&mut errors, "engine_instant", f));
+    let executed = if wanted(&[
+        FigureName::RunCreate,
+        FigureName::EngineInstant,
+        FigureName::Load,
+    ]) {
+        eprintln!("run_create + engine_instant…");
+        keep(
+            &mut errors,
+            "run_create",
+            run_create::create_and_execute(&ctx, &instant_list).await,
+        )
+    } else {
+        None
+    };
+    let mut finished_run = None;
+    if let Some(runs) = executed {
+        if wanted(&[FigureName::RunCreate]) {
+            let f = run_create::figure(&ctx, &instant_list, &runs).await;
+            figures.extend(keep(&mut errors, "run_create", f));
+        }
+        if wanted(&[FigureName::EngineInstant]) {
+            let f = engine_instant::figure(&ctx, &runs).await;
+            figures.extend(keep(&mut errors, "engine_instant", f));
+        }
+        finished_run = runs.first().map(|r| r.run_id.clone());
     }
 
-    eprintln!("engine_latency…");
-    let f = engine_latency::figure(&ctx).await;
-    figures.extend(keep(&mut errors, "engine_latency", f));
+    if wanted(&[FigureName::EngineLatency]) {
+        eprintln!("engine_latency…");
+        let f = engine_latency::figure(&ctx).await;
+        figures.extend(keep(&mut errors, "engine_latency", f));
+    }
+
+    if let Some(finished_run) = finished_run.filter(|_| wanted(&[FigureName::Load])) {
+        eprintln!("load…");
+        let f = load::figure(&ctx, &finished_run, &instant_list).await;
+        figures.extend(keep(&mut errors, "load", f));
+    }
 
     // The big run: its own list at full scale; the quick one reuses the 100,000-lead list.
-    let big_list = if scale.big_run == scale.instant_run {
+    let big_run_wanted = wanted(&[
+        FigureName::Memory,
+        FigureName::Status,
+        FigureName::ItemsPage,
+    ]);
+    let big_list = if !big_run_wanted {
+        None
+    } else if scale.big_run == scale.instant_run {
         Some(instant_list.clone())
     } else {
         eprintln!("seeding {} company leads for the big run…", scale.big_run);

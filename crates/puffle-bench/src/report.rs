@@ -50,6 +50,9 @@ pub struct Figure {
     pub pass: bool,
     /// Everything else measured on the way (p99s, sample counts, timings), for the curious.
     pub details: Value,
+    /// Markdown printed under the table (e.g. a latency distribution), if the figure has any.
+    #[serde(skip)]
+    pub appendix: Option<String>,
 }
 
 impl Figure {
@@ -84,7 +87,13 @@ impl Figure {
             bar,
             pass,
             details,
+            appendix: None,
         }
+    }
+
+    pub fn with_appendix(mut self, markdown: String) -> Figure {
+        self.appendix = Some(markdown);
+        self
     }
 }
 
@@ -103,7 +112,7 @@ pub struct Report {
 }
 
 /// A number for people: no trailing zeros, at most 3 decimals, thousands kept whole.
-fn num(x: f64) -> String {
+pub fn num(x: f64) -> String {
     if !x.is_finite() {
         return "n/a".into();
     }
@@ -134,6 +143,10 @@ pub fn markdown(report: &Report) -> String {
             f.bar,
             if f.pass { "pass" } else { "**MISS**" },
         ));
+    }
+    for appendix in report.figures.iter().filter_map(|f| f.appendix.as_ref()) {
+        out.push('\n');
+        out.push_str(appendix);
     }
     for e in &report.errors {
         out.push_str(&format!("\nnot measured: {e}\n"));

@@ -3,6 +3,7 @@
 pub mod engine_instant;
 pub mod engine_latency;
 pub mod items_page;
+pub mod load;
 pub mod run_create;
 pub mod run_watch;
 
