@@ -1,5 +1,6 @@
-//! `load`: many clients at once — paging items, reading a run's status, creating small runs —
-//! first while the engine is idle (the baseline), then while it executes a large run. The figure
+//! `load`: many clients at once — paging items, reading a run's status, creating small runs, with
+//! a short pause between rounds — first while the engine is idle (the baseline), then while it
+//! executes a large run. The figure
 //! is the count of failed requests (bar: none); its `details` hold the latency distribution of
 //! every operation in both phases, which is what an operator sizing a deployment wants to see.
 
@@ -18,9 +19,16 @@ use crate::stats::Latency;
 /// Clients sending at once.
 pub const CLIENTS: usize = 12;
 /// Rounds per client in the idle phase; the busy phase lasts as long as the large run does.
-const IDLE_ROUNDS: usize = 10;
+const IDLE_ROUNDS: usize = 20;
 /// Leads in each small run a client creates.
 const SMALL_RUN: usize = 3;
+/// A client creates a small run every this many rounds (reads are far more common than writes).
+const CREATE_EVERY: usize = 4;
+/// A client's pause between rounds: people and scripts, not a flood (12 clients send about 200
+/// requests a second).
+const THINK: Duration = Duration::from_millis(50);
+/// The busy phase ends when the large run does, or after this long.
+const BUSY_AT_MOST: Duration = Duration::from_secs(120);
 
 /// Latencies by operation, and the failures seen.
 #[derive(Default)]
@@ -84,13 +92,15 @@ fn record(samples: &Shared, op: &'static str, result: Result<Duration>) {
     }
 }
 
-/// One client's round: the next page of `run_id`'s items, its status, and a small run.
+/// One client's round: the next page of `run_id`'s items, its status, and (when `create`, every
+/// [`CREATE_EVERY`] rounds) a small run.
 async fn round(
     api: &Api,
     samples: &Shared,
     run_id: &str,
     cursor: &mut Option<String>,
     leads: &[String],
+    create: bool,
 ) {
     let path = match cursor.as_deref() {
         Some(c) => format!("/api/enrichment/{run_id}/items?limit=100&cursor={c}"),
@@ -104,6 +114,9 @@ async fn round(
     record(samples, "items_page", page);
     let status = api.run_status_timed(run_id).await.map(|(took, _)| took);
     record(samples, "run_status", status);
+    if !create {
+        return;
+    }
     let body = json!({"enrichmentId": "company_domain",
                       "scope": {"type": "explicit_leads", "leadIds": leads}});
     let started = Instant::now();
@@ -139,8 +152,10 @@ async fn phase(
             let mut cursor = None;
             let mut rounds = 0;
             while !until(rounds) {
-                round(&api, &samples, &run_id, &mut cursor, &mine).await;
+                let create = rounds % CREATE_EVERY == client % CREATE_EVERY;
+                round(&api, &samples, &run_id, &mut cursor, &mine, create).await;
                 rounds += 1;
+                tokio::time::sleep(THINK).await;
             }
         });
     }
@@ -169,6 +184,7 @@ pub async fn figure(ctx: &Ctx, idle_run: &str, list_id: &str) -> Result<Figure> 
     let idle = phase(&ctx.api, idle_run, &leads, |rounds| rounds >= IDLE_ROUNDS).await?;
 
     let (large, _) = ctx.api.create_run(&instant_run_body(list_id)).await?;
+    let started = Instant::now();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let (api, large, done) = (ctx.api.clone(), large.clone(), done.clone());
@@ -178,14 +194,13 @@ pub async fn figure(ctx: &Ctx, idle_run: &str, list_id: &str) -> Result<Figure> 
             finished
         })
     };
-    let started = Instant::now();
     let stop = done.clone();
     let busy = phase(&ctx.api, &large, &leads, move |_| {
-        stop.load(std::sync::atomic::Ordering::Relaxed)
+        stop.load(std::sync::atomic::Ordering::Relaxed) || started.elapsed() >= BUSY_AT_MOST
     })
     .await?;
-    let large_status = watcher.await.context("the run watcher panicked")??;
     let busy_seconds = started.elapsed().as_secs_f64();
+    let large_status = watcher.await.context("the run watcher panicked")??;
 
     let all: Vec<Duration> = busy.by_op.values().flatten().copied().collect();
     let p99 = Latency::of(&all).map_or(f64::NAN, |l| l.p99_ms);
