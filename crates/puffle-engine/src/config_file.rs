@@ -408,8 +408,13 @@ fn enrichment(
     }
     Ok(EnrichmentConfig {
         slug,
-        name,
-        description: raw.description,
+        name: name.clone(),
+        // The catalog shows a description for every entry.
+        description: if raw.description.trim().is_empty() {
+            name.clone()
+        } else {
+            raw.description
+        },
         subject,
         credit_action: action,
         attribute_key,
