@@ -219,7 +219,10 @@ result_pointer = "/person/email"
         assert_eq!(steps[0]["provider"], "first");
         assert_eq!(steps[0]["outcome"], first_outcome, "{item}");
         assert_eq!(steps[1]["outcome"], "hit");
-        assert!(steps[0]["answer"].is_object(), "earlier answers are kept: {item}");
+        assert!(
+            steps[0]["answer"].is_object(),
+            "earlier answers are kept: {item}"
+        );
     }
     assert!(items[3]["metadata"]["inputSnapshot"]["steps"][0]["message"]
         .as_str()
@@ -258,7 +261,10 @@ steps = [{ provider = "nothing", path = "/c", miss_when = [{ pointer = "/status"
     assert_eq!(item["status"], "failed", "{item}");
     assert_eq!(item["attempts"], 1, "4xx are not retried: {item}");
     let message = item["error"]["message"].as_str().unwrap();
-    assert!(message.contains("403") && message.contains("400"), "{message}");
+    assert!(
+        message.contains("403") && message.contains("400"),
+        "{message}"
+    );
     let steps = item["error"]["details"]["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 2);
     assert_eq!(steps[0]["outcome"], "failed");
@@ -498,7 +504,12 @@ steps = [{ provider = "echo", path = "/find/{{lead.domain}}" }]
         .to_string();
     let mut seen = Vec::new();
     for _ in 0..600 {
-        let (_, run) = call(reqwest::Method::GET, &format!("/api/enrichment/{run_id}"), None).await;
+        let (_, run) = call(
+            reqwest::Method::GET,
+            &format!("/api/enrichment/{run_id}"),
+            None,
+        )
+        .await;
         if run.contains("\"status\":\"completed\"") {
             break;
         }
@@ -528,8 +539,7 @@ steps = [{ provider = "echo", path = "/find/{{lead.domain}}" }]
         "Bearer [redacted]"
     );
     assert_eq!(
-        item["metadata"]["result"]["headers"]["authorization"],
-        "Bearer [redacted]",
+        item["metadata"]["result"]["headers"]["authorization"], "Bearer [redacted]",
         "the echoed key is scrubbed from the stored answer"
     );
 
@@ -614,8 +624,7 @@ steps = [{ provider = "vendor", path = "/co/{{lead.domain}}", result_pointer = "
         assert_eq!(b["result"], 7);
         assert_eq!(b["metadata"]["inputSnapshot"]["cached"], true, "{b}");
         assert_eq!(
-            b["metadata"]["inputSnapshot"]["steps"][0]["cached"],
-            true,
+            b["metadata"]["inputSnapshot"]["steps"][0]["cached"], true,
             "{b}"
         );
     }

@@ -406,6 +406,9 @@ steps = [{ provider = "vendor", path = "/profile" }]
         let entry = catalog.get("vendor_profile").unwrap();
         assert!(!entry.enabled);
         let reason = entry.disabled_reason.as_deref().unwrap();
-        assert!(reason.contains("KEY") && reason.contains("vendor"), "{reason}");
+        assert!(
+            reason.contains("KEY") && reason.contains("vendor"),
+            "{reason}"
+        );
     }
 }

@@ -290,12 +290,12 @@ fn provider(
     })
 }
 
-/// Replace every `${VAR}` in `written`: the value (`None` if a variable is not set), the
+/// A header value with its `${VAR}`s replaced: the value (`None` if a variable is not set), the
 /// substituted values, and the variables that were not set.
-fn substitute(
-    written: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Option<String>, Vec<String>, Vec<String>), String> {
+type Substituted = (Option<String>, Vec<String>, Vec<String>);
+
+/// Replace every `${VAR}` in `written`.
+fn substitute(written: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Substituted, String> {
     let mut out = String::new();
     let mut secrets = Vec::new();
     let mut missing = Vec::new();
@@ -389,7 +389,10 @@ fn enrichment(
             let span = s.span();
             let schema = s.into_inner();
             if let Err(e) = jsonschema::validator_for(&schema) {
-                return err(span, format!("input_schema: not a usable JSON Schema ({e})"));
+                return err(
+                    span,
+                    format!("input_schema: not a usable JSON Schema ({e})"),
+                );
             }
             schema
         }
@@ -603,13 +606,18 @@ body = { name = "{{lead.name.full}}" }
         let e = error_of(&GOOD.replace("provider = \"backup\"", "provider = \"bakup\""));
         assert_eq!(e.line, 28, "{e}");
         assert!(
-            e.to_string()
-                .starts_with("puffle.toml: line 28: enrichments[0].steps[1].provider: no [providers.bakup]"),
+            e.to_string().starts_with(
+                "puffle.toml: line 28: enrichments[0].steps[1].provider: no [providers.bakup]"
+            ),
             "{e}"
         );
         let e = error_of(&GOOD.replace("per_second = 5", "per_second = 0"));
         assert_eq!(e.line, 6, "{e}");
-        assert!(e.message.starts_with("providers.vendor.rate_limit.per_second"), "{e}");
+        assert!(
+            e.message
+                .starts_with("providers.vendor.rate_limit.per_second"),
+            "{e}"
+        );
         let e = error_of(&GOOD.replace("below = 50", "under = 50"));
         assert_eq!(e.line, 25, "{e}");
         assert!(e.message.contains("under"), "{e}");
@@ -623,11 +631,22 @@ body = { name = "{{lead.name.full}}" }
         let e = error_of(&GOOD.replace("slug = \"work_email\"", "slug = \"name_parse\""));
         assert!(e.message.contains("built-in"), "{e}");
         let e = error_of(&GOOD.replace("{{lead.name.first}}", "{{vendor.key}}"));
-        assert!(e.message.starts_with("enrichments[0].steps[0].query.first"), "{e}");
+        assert!(
+            e.message.starts_with("enrichments[0].steps[0].query.first"),
+            "{e}"
+        );
         let e = error_of(&GOOD.replace("${VENDOR_KEY}", "${VENDOR KEY}"));
-        assert!(e.message.starts_with("providers.vendor.headers.Authorization"), "{e}");
+        assert!(
+            e.message
+                .starts_with("providers.vendor.headers.Authorization"),
+            "{e}"
+        );
         let e = error_of("[providers.x]\nbase_url = \"ftp://x\"\n");
-        assert_eq!((e.line, e.message.starts_with("providers.x.base_url")), (2, true), "{e}");
+        assert_eq!(
+            (e.line, e.message.starts_with("providers.x.base_url")),
+            (2, true),
+            "{e}"
+        );
     }
 
     #[test]
@@ -645,7 +664,12 @@ body = { name = "{{lead.name.full}}" }
             Some("test-key".into())
         })
         .unwrap_or_else(|e| panic!("{e}"));
-        for slug in ["work_email", "apollo_person", "pdl_person", "local_ai_summary"] {
+        for slug in [
+            "work_email",
+            "apollo_person",
+            "pdl_person",
+            "local_ai_summary",
+        ] {
             assert!(config.enrichment(slug).is_some(), "{slug}");
         }
         for e in &config.enrichments {

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::catalog::{Binding, Enrichment};
 use crate::providers::ai::AiConfig;
-use crate::providers::http::{GuardedClient, HttpPolicy};
 use crate::providers::cache::ResultCache;
+use crate::providers::http::{GuardedClient, HttpPolicy};
 use crate::providers::waterfall::Configured;
 use crate::providers::{self, Execution};
 use crate::throttle::Throttles;
@@ -33,7 +33,11 @@ pub struct Executor {
 
 impl Executor {
     /// `throttles` limit every configured provider call; `store` holds their result cache.
-    pub fn new(config: &EngineConfig, throttles: Arc<Throttles>, store: Arc<dyn Store>) -> Executor {
+    pub fn new(
+        config: &EngineConfig,
+        throttles: Arc<Throttles>,
+        store: Arc<dyn Store>,
+    ) -> Executor {
         Executor {
             client: reqwest::Client::new(),
             http: GuardedClient::new(HttpPolicy::from_engine(config)),

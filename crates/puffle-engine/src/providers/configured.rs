@@ -525,8 +525,10 @@ mod tests {
         };
         let s = step(Some("/data/email"), vec![rule]);
         let judge = |body: &str| evaluate("p", &s, body.as_bytes(), true);
-        assert!(matches!(judge(r#"{"score": 90, "data": {"email": "a@b.c"}}"#),
-            StepOutcome::Hit(v) if v == "a@b.c"));
+        assert!(
+            matches!(judge(r#"{"score": 90, "data": {"email": "a@b.c"}}"#),
+            StepOutcome::Hit(v) if v == "a@b.c")
+        );
         assert!(matches!(
             judge(r#"{"score": 10, "data": {"email": "a@b.c"}}"#),
             StepOutcome::Miss

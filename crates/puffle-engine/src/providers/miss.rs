@@ -177,7 +177,10 @@ mod tests {
             rule("pointer = \"/score\"\nbelow = 50").unwrap(),
             rule("pointer = \"/status\"\nequals = \"not_found\"").unwrap(),
         ];
-        assert!(is_miss(&rules, &json!({"score": 90, "status": "not_found"})));
+        assert!(is_miss(
+            &rules,
+            &json!({"score": 90, "status": "not_found"})
+        ));
         assert!(is_miss(&rules, &json!({"score": 10, "status": "ok"})));
         assert!(!is_miss(&rules, &json!({"score": 90, "status": "ok"})));
         assert!(!is_miss(&[], &json!(null)));
@@ -185,7 +188,9 @@ mod tests {
 
     #[test]
     fn a_rule_has_one_test_and_a_valid_pointer() {
-        assert!(rule("pointer = \"/a\"").unwrap_err().contains("exactly one"));
+        assert!(rule("pointer = \"/a\"")
+            .unwrap_err()
+            .contains("exactly one"));
         assert!(rule("pointer = \"/a\"\nbelow = 1\nabove = 2")
             .unwrap_err()
             .contains("exactly one"));

@@ -134,13 +134,11 @@ impl Configured {
 fn conclude(reports: Vec<StepReport>) -> Execution {
     let steps: Vec<Value> = reports.iter().map(StepReport::to_json).collect();
     let snapshot = |cached: bool| json!({"steps": steps, "cached": cached});
-    if let Some(hit) = reports
-        .iter()
-        .find(|r| matches!(r.outcome, StepOutcome::Hit(_)))
-    {
-        let StepOutcome::Hit(value) = &hit.outcome else {
-            unreachable!("found as a hit")
-        };
+    let hit = reports.iter().find_map(|r| match &r.outcome {
+        StepOutcome::Hit(value) => Some((r, value)),
+        _ => None,
+    });
+    if let Some((hit, value)) = hit {
         return Execution {
             outcome: Outcome::Hit(value.clone()),
             input_snapshot: snapshot(hit.cached),
@@ -298,7 +296,9 @@ mod tests {
             report("b", retry(Some(2))),
             report("c", retry(None)),
         ]);
-        assert!(matches!(e.outcome, Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(2)));
+        assert!(
+            matches!(e.outcome, Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(2))
+        );
         let e = conclude(vec![
             report("a", fail("HTTP 400")),
             report("b", StepOutcome::Miss),
@@ -317,7 +317,9 @@ mod tests {
         let Outcome::Fail(message) = &e.outcome else {
             panic!("{:?}", e.outcome)
         };
-        assert!(message.contains("step 1 (a): HTTP 400") && message.contains("step 2 (b): HTTP 401"));
+        assert!(
+            message.contains("step 1 (a): HTTP 400") && message.contains("step 2 (b): HTTP 401")
+        );
         assert_eq!(e.details.unwrap()["steps"].as_array().unwrap().len(), 2);
     }
 }
