@@ -130,3 +130,54 @@ impl ResultCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::configured::{build_request, StepKind};
+    use crate::template::Context;
+
+    fn provider(secret: &str) -> ProviderConfig {
+        let text = "[providers.v]\nbase_url = \"https://api.vendor.test\"\nheaders = { Authorization = \"Bearer ${K}\" }\n";
+        let secret = secret.to_string();
+        let config =
+            crate::config_file::parse("t.toml", text, &move |_| Some(secret.clone())).unwrap();
+        (*config.providers["v"]).clone()
+    }
+
+    fn step(query: &[(&str, &str)]) -> Step {
+        Step {
+            kind: StepKind::Http,
+            provider: "v".into(),
+            method: reqwest::Method::GET,
+            path: "/find".into(),
+            query: query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: None,
+            result_pointer: None,
+            miss_when: vec![],
+        }
+    }
+
+    fn key_of(p: &ProviderConfig, s: &Step) -> String {
+        let ctx = Context::from_values(json!({}), json!({}));
+        let built = build_request(p, s, &ctx).unwrap_or_else(|_| panic!("builds"));
+        key(p, s, &built)
+    }
+
+    #[test]
+    fn keys_ignore_query_order_and_differ_by_request_and_secret() {
+        let p = provider("secret-one");
+        let ab = key_of(&p, &step(&[("a", "1"), ("b", "2")]));
+        assert_eq!(ab, key_of(&p, &step(&[("b", "2"), ("a", "1")])));
+        assert_ne!(ab, key_of(&p, &step(&[("a", "1"), ("b", "3")])));
+        assert_ne!(
+            ab,
+            key_of(&provider("secret-two"), &step(&[("a", "1"), ("b", "2")]))
+        );
+        assert_eq!(ab.len(), 64);
+        assert!(!ab.contains("secret"));
+    }
+}
