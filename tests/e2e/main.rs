@@ -21,6 +21,7 @@ mod limits;
 mod lists;
 mod load;
 mod observability;
+mod providers;
 mod serve_process;
 mod service;
 mod shutdown;

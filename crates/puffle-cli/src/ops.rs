@@ -107,11 +107,28 @@ pub struct EngineArgs {
     /// Default model for custom_ai.
     #[arg(long, env = "PUFFLE_AI_MODEL")]
     pub ai_model: Option<String>,
+    /// puffle.toml: configured providers and the enrichments bound to them (docs/providers.md).
+    #[arg(long = "config", env = "PUFFLE_CONFIG")]
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 impl EngineArgs {
-    fn config(self) -> puffle_server::EngineConfig {
-        puffle_server::EngineConfig {
+    /// The engine's configuration; a bad `--config` file is an error naming its line and field.
+    fn config(self) -> anyhow::Result<puffle_server::EngineConfig> {
+        let providers = match self.config_file.as_deref() {
+            None => Default::default(),
+            Some(path) if path.as_os_str().is_empty() => Default::default(),
+            Some(path) => {
+                let loaded = puffle_engine::config_file::load(path)?;
+                for e in &loaded.enrichments {
+                    if let Some(reason) = loaded.disabled_reason(e) {
+                        tracing::warn!(enrichment = %e.slug, "configured enrichment disabled: {reason}");
+                    }
+                }
+                std::sync::Arc::new(loaded)
+            }
+        };
+        Ok(puffle_server::EngineConfig {
             concurrency: self.worker_concurrency.max(1),
             max_attempts: self.max_attempts,
             lease: std::time::Duration::from_secs(self.lease_seconds),
@@ -127,8 +144,9 @@ impl EngineArgs {
                 .ok()
                 .filter(|k| !k.is_empty()),
             ai_model: self.ai_model.filter(|m| !m.is_empty()),
+            providers,
             ..puffle_server::EngineConfig::default()
-        }
+        })
     }
 }
 
@@ -229,7 +247,7 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.bootstrap_api_key = bootstrap_api_key;
     config.run_worker = !args.no_worker;
-    config.engine = args.engine.config();
+    config.engine = args.engine.config()?;
     let running = puffle_server::start(config).await?;
     let base = format!("http://{}", running.addr);
     if let Some(key) = &running.bootstrap_key {
@@ -275,8 +293,8 @@ pub async fn worker(args: WorkerArgs) -> ExitCode {
     init_logging(args.log.log_format);
     finish(
         async {
+            let engine = args.engine.config()?;
             let store = open(&args.db).await?;
-            let engine = args.engine.config();
             let catalog = std::sync::Arc::new(puffle_server::Catalog::new(&engine));
             // Runs created by other processes are found by the worker's poll.
             let wake = std::sync::Arc::new(tokio::sync::Notify::new());

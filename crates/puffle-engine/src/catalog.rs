@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::builtins;
+use crate::providers::configured::{EnrichmentConfig, ProvidersConfig};
 use crate::EngineConfig;
 
 /// How an enrichment executes.
@@ -15,6 +16,9 @@ pub enum Binding {
     Ai,
     /// A hosted-service slug bound to a provider this server has not configured.
     Unconfigured,
+    /// An `[[enrichments]]` entry of `puffle.toml`: one or more steps (a waterfall) calling
+    /// configured providers.
+    Configured,
 }
 
 /// A catalog entry, serialized exactly as `GET /api/enrichments` shows it.
@@ -62,7 +66,7 @@ impl Entry {
             Binding::Builtin => "builtin",
             Binding::Http => "http",
             Binding::Ai => "ai",
-            Binding::Unconfigured => "provider",
+            Binding::Unconfigured | Binding::Configured => "provider",
         };
         Enrichment {
             id: self.slug.to_string(),
@@ -104,8 +108,38 @@ impl Enrichment {
         match self.binding {
             Binding::Http => crate::providers::http::validate_input(input),
             Binding::Ai => crate::providers::ai::validate_input(input),
-            Binding::Builtin | Binding::Unconfigured => Ok(()),
+            Binding::Builtin | Binding::Unconfigured | Binding::Configured => Ok(()),
         }
+    }
+}
+
+/// The catalog entry of an `[[enrichments]]` entry: disabled while one of its providers lacks
+/// a secret.
+fn configured_entry(c: &EnrichmentConfig, providers: &ProvidersConfig) -> Enrichment {
+    let disabled_reason = providers.disabled_reason(c);
+    Enrichment {
+        id: c.slug.clone(),
+        slug: c.slug.clone(),
+        name: c.name.clone(),
+        description: c.description.clone(),
+        subject: c.subject,
+        version: "1",
+        enabled: disabled_reason.is_none(),
+        visibility: "public",
+        input_schema: c.input_schema.clone(),
+        output_schema: c.output_schema.clone(),
+        default_output: json!({"target": "lead", "attributeKey": c.attribute_key}),
+        default_output_attribute_key: c.attribute_key.clone(),
+        output_override_policy: json!({"allowTarget": true, "allowAttributeKey": true}),
+        cost_model: json!({"creditAction": c.credit_action}),
+        tool_binding: json!({
+            "type": "provider",
+            "payloadMapper": {"id": c.slug, "version": "1"},
+            "taskId": format!("puffle.enrichment.{}", c.slug),
+        }),
+        binding: Binding::Configured,
+        credit_action: c.credit_action.clone(),
+        disabled_reason,
     }
 }
 
@@ -245,6 +279,14 @@ impl Catalog {
                 ))),
             );
         }
+        for configured in &config.providers.enrichments {
+            let entry = configured_entry(configured, &config.providers);
+            // A configured entry gives a hosted slug its provider: it takes the slug's place.
+            match entries.iter_mut().find(|e| e.slug == entry.slug) {
+                Some(existing) => *existing = entry,
+                None => entries.push(entry),
+            }
+        }
         Catalog { entries }
     }
 
@@ -316,5 +358,57 @@ mod tests {
         );
         assert_eq!(entry["costModel"]["creditAction"], "builtin");
         assert!(entry.get("binding").is_none());
+    }
+
+    #[test]
+    fn configured_entries_replace_hosted_slugs_and_wait_for_their_secrets() {
+        let text = r#"
+[providers.vendor]
+base_url = "http://127.0.0.1:9"
+headers = { "X-Key" = "${KEY}" }
+
+[[enrichments]]
+slug = "work_email"
+name = "Work email (vendor)"
+subject = "person"
+credit_action = "work_email_lookup"
+attribute_key = "email"
+steps = [{ provider = "vendor", path = "/find" }]
+
+[[enrichments]]
+slug = "vendor_profile"
+name = "Vendor profile"
+subject = "any"
+credit_action = "FIND_PERSON"
+steps = [{ provider = "vendor", path = "/profile" }]
+"#;
+        let with = |key: Option<&str>| {
+            let key = key.map(str::to_string);
+            let providers =
+                crate::config_file::parse("t.toml", text, &move |_| key.clone()).unwrap();
+            Catalog::new(&EngineConfig {
+                providers: std::sync::Arc::new(providers),
+                ..EngineConfig::default()
+            })
+        };
+        let catalog = with(Some("k3y-value"));
+        assert_eq!(catalog.search(None).len(), 11);
+        let entry = catalog.get("work_email").unwrap();
+        assert!(entry.enabled);
+        assert_eq!(entry.binding, Binding::Configured);
+        assert_eq!(entry.name, "Work email (vendor)");
+        let shown = serde_json::to_value(entry).unwrap();
+        assert_eq!(shown["defaultOutput"]["attributeKey"], "email");
+        assert_eq!(shown["toolBinding"]["type"], "provider");
+        assert!(catalog.get("vendor_profile").is_some_and(|e| e.enabled));
+
+        let catalog = with(None);
+        let entry = catalog.get("vendor_profile").unwrap();
+        assert!(!entry.enabled);
+        let reason = entry.disabled_reason.as_deref().unwrap();
+        assert!(
+            reason.contains("KEY") && reason.contains("vendor"),
+            "{reason}"
+        );
     }
 }

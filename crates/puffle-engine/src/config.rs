@@ -1,6 +1,9 @@
 //! How the engine runs: worker pool size, leases, retries, and what providers may reach.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::providers::configured::ProvidersConfig;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -25,6 +28,8 @@ pub struct EngineConfig {
     pub ai_api_key: Option<String>,
     /// Default model (`PUFFLE_AI_MODEL`).
     pub ai_model: Option<String>,
+    /// Providers and enrichments from `puffle.toml` (`--config`); empty without a file.
+    pub providers: Arc<ProvidersConfig>,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +45,7 @@ impl Default for EngineConfig {
             ai_base_url: None,
             ai_api_key: None,
             ai_model: None,
+            providers: Arc::default(),
         }
     }
 }

@@ -1,12 +1,18 @@
 //! Running one enrichment for one lead: dispatch by binding, and the item metadata it yields.
 
+use std::sync::Arc;
+
 use puffle_domain::lead::Lead;
+use puffle_store::Store;
 use serde_json::Value;
 
 use crate::catalog::{Binding, Enrichment};
 use crate::providers::ai::AiConfig;
+use crate::providers::cache::ResultCache;
 use crate::providers::http::{GuardedClient, HttpPolicy};
+use crate::providers::waterfall::Configured;
 use crate::providers::{self, Execution};
+use crate::throttle::Throttles;
 use crate::{builtins, EngineConfig, Outcome};
 
 /// A failure of the whole run rather than of one item (its provider is not usable at all).
@@ -21,14 +27,26 @@ pub struct Executor {
     /// could not be built.
     http: Result<GuardedClient, String>,
     ai: Option<AiConfig>,
+    /// The enrichments of `puffle.toml`.
+    configured: Configured,
 }
 
 impl Executor {
-    pub fn new(config: &EngineConfig) -> Executor {
+    /// `throttles` limit every configured provider call; `store` holds their result cache.
+    pub fn new(
+        config: &EngineConfig,
+        throttles: Arc<Throttles>,
+        store: Arc<dyn Store>,
+    ) -> Executor {
         Executor {
             client: reqwest::Client::new(),
             http: GuardedClient::new(HttpPolicy::from_engine(config)),
             ai: AiConfig::from_engine(config),
+            configured: Configured::new(
+                config.providers.clone(),
+                throttles,
+                Some(ResultCache::new(store)),
+            ),
         }
     }
 
@@ -51,6 +69,7 @@ impl Executor {
                     input_snapshot: input.clone(),
                     raw,
                     provider: enrichment.slug.clone(),
+                    details: None,
                 })
             }
             Binding::Http => match &self.http {
@@ -63,6 +82,21 @@ impl Executor {
                     "custom_ai has no AI endpoint configured on this server (PUFFLE_AI_BASE_URL, PUFFLE_AI_MODEL)".into(),
                 )),
             },
+            Binding::Configured => {
+                let config = self.configured.config();
+                let Some(configured) = config.enrichment(&enrichment.slug) else {
+                    return Err(RunFailure(format!(
+                        "{} is no longer configured on this server",
+                        enrichment.slug
+                    )));
+                };
+                // A run created before a restart without the provider's secret cannot work.
+                if let Some(reason) = config.disabled_reason(configured) {
+                    return Err(RunFailure(format!("{} is not enabled: {reason}", enrichment.slug)));
+                }
+                let configured = configured.clone();
+                Ok(self.configured.execute(&configured, lead, input).await)
+            }
             Binding::Unconfigured => Err(RunFailure(format!(
                 "{} has no provider configured on this server",
                 enrichment.slug

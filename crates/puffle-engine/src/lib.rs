@@ -6,6 +6,7 @@
 pub mod builtins;
 pub mod catalog;
 mod config;
+pub mod config_file;
 mod executor;
 pub mod metrics;
 mod outcome;

@@ -67,8 +67,10 @@ impl WorkerPool {
     ) -> WorkerPool {
         store.subscribe_work(Arc::downgrade(&wake));
         let (shutdown, rx) = watch::channel(false);
+        // One set of provider throttles for the pool: every item calling a provider shares them.
+        let throttles = crate::throttle::Throttles::new();
         let shared = Arc::new(Shared {
-            executor: Executor::new(&config),
+            executor: Executor::new(&config, throttles, store.clone()),
             store,
             catalog,
             config,
@@ -424,14 +426,14 @@ async fn execute_item(
         Outcome::Fail(message) => (
             FinishOutcome::Failed {
                 message,
-                details: None,
+                details: execution.details,
             },
             true,
         ),
         Outcome::Retry { message, .. } if attempt >= shared.config.max_attempts => (
             FinishOutcome::Failed {
                 message: format!("Gave up after {attempt} attempts: {message}"),
-                details: None,
+                details: execution.details,
             },
             true,
         ),

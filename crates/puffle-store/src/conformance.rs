@@ -35,6 +35,34 @@ async fn conformance(store: &dyn Store) {
     list_membership_respects_lead_type(store).await;
     nul_characters_are_stored_not_fatal(store).await;
     runs::runs_claim_finish_and_count(store).await;
+    provider_cache_expires(store).await;
+}
+
+/// Cached answers are found until they expire, replaced by a newer put, and pruned after.
+async fn provider_cache_expires(store: &dyn Store) {
+    let answer = serde_json::json!({"outcome": "hit", "value": "a@b.c"});
+    assert_eq!(store.cache_get("k1", 1_000).await.unwrap(), None);
+    store
+        .cache_put("k1", "hunter", &answer, 2_000)
+        .await
+        .unwrap();
+    store
+        .cache_put("k2", "hunter", &answer, 5_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cache_get("k1", 1_999).await.unwrap(),
+        Some(answer.clone())
+    );
+    assert_eq!(store.cache_get("k1", 2_000).await.unwrap(), None);
+    let newer = serde_json::json!({"outcome": "miss"});
+    store
+        .cache_put("k1", "hunter", &newer, 3_000)
+        .await
+        .unwrap();
+    assert_eq!(store.cache_get("k1", 2_500).await.unwrap(), Some(newer));
+    assert_eq!(store.cache_prune(4_000).await.unwrap(), 1);
+    assert_eq!(store.cache_get("k2", 4_000).await.unwrap(), Some(answer));
 }
 
 async fn bootstrap_happens_once(store: &dyn Store) {

@@ -245,6 +245,21 @@ pub trait Store: RunStore + Send + Sync + 'static {
         list_id: &str,
         lead_ids: &[String],
     ) -> Result<List>;
+
+    // The result cache of configured providers (shared by every process on the database).
+
+    /// The cached answer under `key`, unless it expired before `now_ms` (unix ms).
+    async fn cache_get(&self, key: &str, now_ms: i64) -> Result<Option<Value>>;
+    /// Store (or replace) the answer under `key` until `expires_at_ms`.
+    async fn cache_put(
+        &self,
+        key: &str,
+        provider: &str,
+        answer: &Value,
+        expires_at_ms: i64,
+    ) -> Result<()>;
+    /// Delete entries expired before `now_ms`; how many went.
+    async fn cache_prune(&self, now_ms: i64) -> Result<u64>;
 }
 
 /// Open the database behind `url`: `sqlite://path` or `sqlite::memory:` (created if needed), or

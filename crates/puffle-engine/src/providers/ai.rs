@@ -168,6 +168,7 @@ pub async fn execute(
         input_snapshot,
         raw,
         provider: PROVIDER.to_string(),
+        details: None,
     };
     let req = match parse_input(input) {
         Ok(r) => r,

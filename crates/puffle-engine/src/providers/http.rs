@@ -419,7 +419,7 @@ fn parse_input(input: &Value) -> Result<HttpInput, String> {
 }
 
 /// RFC 6901: empty, or `/`-separated tokens where `~` is only followed by `0` or `1`.
-fn is_json_pointer(p: &str) -> bool {
+pub(crate) fn is_json_pointer(p: &str) -> bool {
     if p.is_empty() {
         return true;
     }
@@ -441,6 +441,7 @@ pub async fn execute(client: &GuardedClient, lead: &Lead, input: &Value) -> Exec
         input_snapshot,
         raw,
         provider: PROVIDER.to_string(),
+        details: None,
     };
     let req = match parse_input(input) {
         Ok(r) => r,

@@ -7,7 +7,11 @@
 //! assumed to be JSON or UTF-8, and nothing here panics on them.
 
 pub mod ai;
+pub mod cache;
+pub mod configured;
 pub mod http;
+pub mod miss;
+pub mod waterfall;
 
 use std::time::{Duration, SystemTime};
 
@@ -26,8 +30,10 @@ pub struct Execution {
     /// The provider's answer: its JSON body, or `{"status", "text"}` (the first 4 KiB) when it
     /// is not JSON; `None` when no answer came.
     pub raw: Option<Value>,
-    /// The provider that produced this (`custom_http`, `custom_ai`).
+    /// The provider that produced this (`custom_http`, `custom_ai`, a configured provider).
     pub provider: String,
+    /// What a failed item's `error.details` shows (a waterfall's steps); `None` for most.
+    pub details: Option<Value>,
 }
 
 /// The most of a response body that is read (5 MiB); a 2xx answer larger than this fails.

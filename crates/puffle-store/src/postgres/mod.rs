@@ -1462,6 +1462,45 @@ impl Store for PgStore {
         tx.commit().await?;
         Ok(list)
     }
+    async fn cache_get(&self, key: &str, now_ms: i64) -> Result<Option<Value>> {
+        let answer: Option<String> = sqlx::query_scalar(
+            "SELECT answer FROM provider_cache WHERE key = $1 AND expires_at > $2",
+        )
+        .bind(key)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(answer.and_then(|a| serde_json::from_str(&a).ok()))
+    }
+
+    async fn cache_put(
+        &self,
+        key: &str,
+        provider: &str,
+        answer: &Value,
+        expires_at_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO provider_cache (key, provider, answer, expires_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (key) DO UPDATE SET provider = excluded.provider, \
+             answer = excluded.answer, expires_at = excluded.expires_at",
+        )
+        .bind(key)
+        .bind(provider)
+        .bind(answer.to_string())
+        .bind(expires_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn cache_prune(&self, now_ms: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM provider_cache WHERE expires_at <= $1")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
 }
 
 /// Which of `keys` leads other than `id` hold: key → holder.
