@@ -312,6 +312,7 @@ pub(crate) fn sample_run(
         idempotency_key: key.map(str::to_string),
         display_request: None,
         max_active_runs: None,
+        webhook_url: None,
     }
 }
 
