@@ -107,6 +107,10 @@ pub struct EngineArgs {
     /// Default model for custom_ai.
     #[arg(long, env = "PUFFLE_AI_MODEL")]
     pub ai_model: Option<String>,
+    /// Milliseconds before a failed run-webhook delivery is tried again; the wait doubles per
+    /// attempt, up to an hour, for 24 hours.
+    #[arg(long, env = "PUFFLE_WEBHOOK_RETRY_FIRST_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub webhook_retry_first_ms: u64,
 }
 
 impl EngineArgs {
@@ -127,6 +131,7 @@ impl EngineArgs {
                 .ok()
                 .filter(|k| !k.is_empty()),
             ai_model: self.ai_model.filter(|m| !m.is_empty()),
+            webhook_retry_first: std::time::Duration::from_millis(self.webhook_retry_first_ms),
             ..puffle_server::EngineConfig::default()
         }
     }

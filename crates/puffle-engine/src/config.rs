@@ -25,6 +25,13 @@ pub struct EngineConfig {
     pub ai_api_key: Option<String>,
     /// Default model (`PUFFLE_AI_MODEL`).
     pub ai_model: Option<String>,
+    /// Run webhooks [ours]: the wait after a delivery's first failed attempt; it doubles per
+    /// attempt up to `webhook_retry_max` (`PUFFLE_WEBHOOK_RETRY_FIRST_MS`; tests make it short).
+    pub webhook_retry_first: Duration,
+    /// The longest wait between two attempts of a delivery.
+    pub webhook_retry_max: Duration,
+    /// A delivery without a 2xx answer is retried for this long after it fell due, then `failed`.
+    pub webhook_retry_for: Duration,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +47,9 @@ impl Default for EngineConfig {
             ai_base_url: None,
             ai_api_key: None,
             ai_model: None,
+            webhook_retry_first: Duration::from_secs(60),
+            webhook_retry_max: Duration::from_secs(3600),
+            webhook_retry_for: Duration::from_secs(24 * 3600),
         }
     }
 }
