@@ -24,4 +24,5 @@ mod observability;
 mod serve_process;
 mod service;
 mod shutdown;
+mod webhooks;
 mod worker_process;

@@ -16,9 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
-use puffle_store::{
-    AttemptOutcome, ClaimedDelivery, Delivery, DeliveryAttempt, Store, StoreError,
-};
+use puffle_store::{AttemptOutcome, ClaimedDelivery, Delivery, DeliveryAttempt, Store, StoreError};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::Url;
 use serde_json::json;
@@ -80,10 +78,7 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!(
-        "t={timestamp},v1={}",
-        to_hex(&mac.finalize().into_bytes())
-    )
+    format!("t={timestamp},v1={}", to_hex(&mac.finalize().into_bytes()))
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -92,7 +87,9 @@ fn to_hex(bytes: &[u8]) -> String {
 
 /// The wait before attempt `attempts + 1`, after `attempts` (≥ 1) failed ones.
 pub fn backoff(first: Duration, max: Duration, attempts: i64) -> Duration {
-    let doublings = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX).min(30);
+    let doublings = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(30);
     first.saturating_mul(1u32 << doublings).min(max.max(first))
 }
 
@@ -335,7 +332,10 @@ mod tests {
         let sig = signature("Jefe", 1, b"x");
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"Jefe").unwrap();
         mac.update(b"1.x");
-        assert_eq!(sig, format!("t=1,v1={}", to_hex(&mac.finalize().into_bytes())));
+        assert_eq!(
+            sig,
+            format!("t=1,v1={}", to_hex(&mac.finalize().into_bytes()))
+        );
         // The primitive, against RFC 4231's test case 2.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"Jefe").unwrap();
         mac.update(b"what do ya want for nothing?");

@@ -75,7 +75,9 @@ pub struct ClaimedDelivery {
 pub enum AttemptOutcome {
     Delivered,
     /// Try again at this unix ms.
-    Retry { next_attempt_ms: i64 },
+    Retry {
+        next_attempt_ms: i64,
+    },
     /// Stop trying: the delivery is `failed`.
     GaveUp,
 }

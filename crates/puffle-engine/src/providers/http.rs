@@ -182,10 +182,9 @@ impl GuardedClient {
             Ok(answer) => Ok(answer.status()),
             Err(e) => Err(match find_cause::<Refused>(&e) {
                 Some(refused) => PostFailure::Refused(refused.to_string()),
-                None if e.is_timeout() => PostFailure::Transport(format!(
-                    "no answer within {} ms",
-                    timeout.as_millis()
-                )),
+                None if e.is_timeout() => {
+                    PostFailure::Transport(format!("no answer within {} ms", timeout.as_millis()))
+                }
                 None => PostFailure::Transport(error_chain(e)),
             }),
         }
