@@ -573,3 +573,53 @@ async fn the_secret_appears_in_no_log_line_nor_answer() {
         assert!(r.headers.iter().all(|(_, v)| !v.contains(hex)));
     }
 }
+
+/// The CLI: `puffle account webhook-secret`, `puffle enrichment create --webhook-url`, and
+/// `puffle enrichment webhooks --id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_a_secret_a_hooked_run_and_shows_its_deliveries() {
+    let app = app_with(|_| {}).await;
+    let hook = receiver().await;
+    let leads = app.companies("cli", 1, None).await;
+    let run_cli = |args: Vec<String>| {
+        let mut cmd = app.cli();
+        cmd.args(&args);
+        async move {
+            let out = tokio::task::spawn_blocking(move || cmd.output().expect("puffle runs"))
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                out.status.success(),
+                "{args:?}: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_str::<Value>(&stdout).expect("JSON on stdout")
+        }
+    };
+    let secret = run_cli(vec!["account".into(), "webhook-secret".into()]).await;
+    let secret = secret["secret"].as_str().unwrap().to_string();
+    let created = run_cli(vec![
+        "enrichment".into(),
+        "create".into(),
+        "--enrichment-id".into(),
+        "company_domain".into(),
+        "--scope".into(),
+        json!({"type": "explicit_leads", "leadIds": leads}).to_string(),
+        "--webhook-url".into(),
+        hook.url("/cli"),
+    ])
+    .await;
+    let run = created["runId"].as_str().unwrap().to_string();
+    let delivery = settled_delivery(&app, &run).await;
+    assert_eq!(delivery["status"], "delivered", "{delivery}");
+    assert!(signed_with(&secret, &hook.requests()[0]));
+    let shown = run_cli(vec![
+        "enrichment".into(),
+        "webhooks".into(),
+        "--id".into(),
+        run.clone(),
+    ])
+    .await;
+    assert_eq!(shown["deliveries"], json!([delivery]));
+}
