@@ -25,4 +25,5 @@ mod providers;
 mod serve_process;
 mod service;
 mod shutdown;
+mod webhooks;
 mod worker_process;

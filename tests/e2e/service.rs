@@ -119,6 +119,9 @@ const ENDPOINTS: &[(&str, &[&str])] = &[
     ("/healthz", &["get"]),
     ("/metrics", &["get"]),
     ("/api/openapi.json", &["get"]),
+    // [ours] run webhooks
+    ("/api/user/webhook-secret", &["post"]),
+    ("/api/enrichment/{id}/webhooks", &["get"]),
 ];
 
 #[tokio::test]

@@ -345,8 +345,17 @@ struct CreditPreview {
 
 #[derive(Args)]
 pub struct AccountCommand {
+    #[command(subcommand)]
+    action: Option<AccountAction>,
     #[command(flatten)]
     global: Global,
+}
+
+#[derive(Subcommand)]
+enum AccountAction {
+    /// [ours] Create or replace your run-webhook signing secret and print it, once
+    /// (POST /api/user/webhook-secret).
+    WebhookSecret,
 }
 
 // ---------------------------------------------------------------- dispatch
@@ -429,7 +438,13 @@ fn plan(cmd: ClientCommand) -> Result<(Global, Call), Fail> {
             };
             (global, call)
         }
-        ClientCommand::Account(AccountCommand { global }) => (global, call(M::GET, &["account"])),
+        ClientCommand::Account(AccountCommand { action, global }) => {
+            let call = match action {
+                None => call(M::GET, &["account"]),
+                Some(AccountAction::WebhookSecret) => call(M::POST, &["user", "webhook-secret"]),
+            };
+            (global, call)
+        }
         ClientCommand::Enrichment(_) => unreachable!("`run` hands these to enrichment::run"),
     })
 }

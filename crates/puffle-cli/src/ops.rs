@@ -110,6 +110,10 @@ pub struct EngineArgs {
     /// puffle.toml: configured providers and the enrichments bound to them (docs/providers.md).
     #[arg(long = "config", env = "PUFFLE_CONFIG")]
     pub config_file: Option<std::path::PathBuf>,
+    /// Milliseconds before a failed run-webhook delivery is tried again; the wait doubles per
+    /// attempt, up to an hour, for 24 hours.
+    #[arg(long, env = "PUFFLE_WEBHOOK_RETRY_FIRST_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub webhook_retry_first_ms: u64,
 }
 
 impl EngineArgs {
@@ -145,6 +149,7 @@ impl EngineArgs {
                 .filter(|k| !k.is_empty()),
             ai_model: self.ai_model.filter(|m| !m.is_empty()),
             providers,
+            webhook_retry_first: std::time::Duration::from_millis(self.webhook_retry_first_ms),
             ..puffle_server::EngineConfig::default()
         })
     }

@@ -36,6 +36,12 @@ pub fn timestamp_unix_ms(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+/// A unix-milliseconds time as the API writes timestamps; `None` if out of range.
+pub fn timestamp_from_unix_ms(ms: i64) -> Option<String> {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    Some(format_timestamp(t))
+}
+
 pub fn format_timestamp(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     format!(

@@ -30,6 +30,13 @@ pub struct EngineConfig {
     pub ai_model: Option<String>,
     /// Providers and enrichments from `puffle.toml` (`--config`); empty without a file.
     pub providers: Arc<ProvidersConfig>,
+    /// Run webhooks [ours]: the wait after a delivery's first failed attempt; it doubles per
+    /// attempt up to `webhook_retry_max` (`PUFFLE_WEBHOOK_RETRY_FIRST_MS`; tests make it short).
+    pub webhook_retry_first: Duration,
+    /// The longest wait between two attempts of a delivery.
+    pub webhook_retry_max: Duration,
+    /// A delivery without a 2xx answer is retried for this long after it fell due, then `failed`.
+    pub webhook_retry_for: Duration,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +53,9 @@ impl Default for EngineConfig {
             ai_api_key: None,
             ai_model: None,
             providers: Arc::default(),
+            webhook_retry_first: Duration::from_secs(60),
+            webhook_retry_max: Duration::from_secs(3600),
+            webhook_retry_for: Duration::from_secs(24 * 3600),
         }
     }
 }

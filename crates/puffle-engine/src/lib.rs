@@ -11,8 +11,10 @@ mod executor;
 pub mod metrics;
 mod outcome;
 pub mod providers;
+pub mod run_view;
 pub mod template;
 pub mod throttle;
+pub mod webhooks;
 mod worker;
 
 pub use catalog::{Catalog, Enrichment};

@@ -43,6 +43,8 @@ fn ms(d: Duration) -> i64 {
 pub struct WorkerPool {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Run webhooks are delivered by every worker pool (see [`crate::webhooks`]).
+    webhooks: JoinHandle<()>,
 }
 
 impl WorkerPool {
@@ -69,18 +71,29 @@ impl WorkerPool {
         let (shutdown, rx) = watch::channel(false);
         // One set of provider throttles for the pool: every item calling a provider shares them.
         let throttles = crate::throttle::Throttles::new();
+        let worker_id = format!("worker-{}", puffle_domain::new_id());
+        let webhooks = tokio::spawn(crate::webhooks::deliver(
+            store.clone(),
+            config.clone(),
+            worker_id.clone(),
+            rx.clone(),
+        ));
         let shared = Arc::new(Shared {
             executor: Executor::new(&config, throttles, store.clone()),
             store,
             catalog,
             config,
-            worker_id: format!("worker-{}", puffle_domain::new_id()),
+            worker_id,
             held: Mutex::new(HashSet::new()),
             next_retry_ms: Mutex::new(None),
             metrics,
         });
         let task = tokio::spawn(run(shared, wake, rx));
-        WorkerPool { shutdown, task }
+        WorkerPool {
+            shutdown,
+            task,
+            webhooks,
+        }
     }
 
     /// Stop claiming, give in-flight items the grace period, hand the rest back.
@@ -88,6 +101,9 @@ impl WorkerPool {
         let _ = self.shutdown.send(true);
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "the worker pool ended abnormally");
+        }
+        if let Err(e) = self.webhooks.await {
+            tracing::error!(error = %e, "the webhook delivery loop ended abnormally");
         }
     }
 }

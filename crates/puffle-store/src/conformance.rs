@@ -36,6 +36,7 @@ async fn conformance(store: &dyn Store) {
     nul_characters_are_stored_not_fatal(store).await;
     runs::runs_claim_finish_and_count(store).await;
     provider_cache_expires(store).await;
+    webhooks_are_queued_claimed_and_recorded(store).await;
 }
 
 /// Cached answers are found until they expire, replaced by a newer put, and pruned after.
@@ -63,6 +64,118 @@ async fn provider_cache_expires(store: &dyn Store) {
     assert_eq!(store.cache_get("k1", 2_500).await.unwrap(), Some(newer));
     assert_eq!(store.cache_prune(4_000).await.unwrap(), 1);
     assert_eq!(store.cache_get("k2", 4_000).await.unwrap(), Some(answer));
+}
+
+/// A hooked run's end queues one delivery (also for a run completed at creation); claims are
+/// leased; an attempt is recorded only under the current lease; retries fall due when scheduled.
+async fn webhooks_are_queued_claimed_and_recorded(store: &dyn Store) {
+    use crate::{AttemptOutcome, DeliveryAttempt, DeliveryStatus, NewRun};
+    let caller = store.authenticate(&key(3)).await.unwrap().unwrap();
+    let (ws, user) = (caller.user.workspace_id.clone(), caller.user.id.clone());
+    assert_eq!(store.webhook_secret(&user).await.unwrap(), None);
+    store.set_webhook_secret(&user, "whsec_one").await.unwrap();
+    store.set_webhook_secret(&user, "whsec_two").await.unwrap();
+    assert_eq!(
+        store.webhook_secret(&user).await.unwrap().as_deref(),
+        Some("whsec_two")
+    );
+    let hooked = |targets, key: &str| NewRun {
+        webhook_url: Some(format!("http://hooks.example/{key}")),
+        ..sample_run(&ws, &user, targets, Some(key))
+    };
+    let (empty, _) = store.create_run(hooked(vec![], "wh-empty")).await.unwrap();
+    let (l, _) = store
+        .create_lead(&ws, lead(json!({"type": "company", "domain": "hooked.io"})))
+        .await
+        .unwrap();
+    let targets = store
+        .resolve_targets(&ws, Some(&[l.id]), None)
+        .await
+        .unwrap();
+    let (cancelled, _) = store
+        .create_run(hooked(targets, "wh-cancel"))
+        .await
+        .unwrap();
+    assert!(store.deliveries(&cancelled.id).await.unwrap().is_empty());
+    store.cancel_run(&ws, &user, &cancelled.id).await.unwrap();
+    let queued = store.deliveries(&cancelled.id).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].event_type, "enrichment.run.cancelled");
+    assert_eq!(queued[0].url, "http://hooks.example/wh-cancel");
+    assert_eq!(
+        (
+            queued[0].status,
+            queued[0].attempts,
+            queued[0].payload.as_deref()
+        ),
+        (DeliveryStatus::Pending, 0, None)
+    );
+    let done = store.deliveries(&empty.id).await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].event_type, "enrichment.run.completed");
+
+    // Far in the future, so the rows queued at the database's "now" are due.
+    let now = 4_000_000_000_000_i64;
+    let first = store
+        .claim_deliveries("w1", 10, now, now + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(store
+        .claim_deliveries("w2", 10, now, now + 60_000)
+        .await
+        .unwrap()
+        .is_empty());
+    // The lease expires: another worker takes them over.
+    let second = store
+        .claim_deliveries("w2", 10, now + 60_000, now + 120_000)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 2);
+    let attempt = |claim: &crate::ClaimedDelivery, outcome| DeliveryAttempt {
+        delivery_id: claim.delivery.id.clone(),
+        lease_token: claim.lease_token.clone(),
+        payload: format!("{{\"id\":\"{}\"}}", claim.delivery.event_id),
+        at: puffle_domain::now_timestamp(),
+        status_code: Some(500),
+        error: Some("the receiver answered 500".into()),
+        outcome,
+    };
+    let stale = attempt(&first[0], AttemptOutcome::Delivered);
+    assert!(!store.record_delivery_attempt(stale).await.unwrap());
+    let retry = AttemptOutcome::Retry {
+        next_attempt_ms: now + 200_000,
+    };
+    assert!(store
+        .record_delivery_attempt(attempt(&second[0], retry))
+        .await
+        .unwrap());
+    assert!(store
+        .record_delivery_attempt(attempt(&second[1], AttemptOutcome::GaveUp))
+        .await
+        .unwrap());
+    let retried = &second[0].delivery;
+    let after = store.deliveries(&retried.run_id).await.unwrap();
+    assert_eq!(after[0].attempts, 1);
+    assert_eq!(after[0].status, DeliveryStatus::Pending);
+    assert_eq!(after[0].last_status_code, Some(500));
+    assert_eq!(after[0].next_attempt_at_ms, now + 200_000);
+    assert!(after[0].payload.is_some());
+    let gave_up = store.deliveries(&second[1].delivery.run_id).await.unwrap();
+    assert_eq!(gave_up[0].status, DeliveryStatus::Failed);
+    // Not due before its time; due then, with the payload kept.
+    assert!(store
+        .claim_deliveries("w3", 10, now + 199_999, now + 300_000)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = store
+        .claim_deliveries("w3", 10, now + 200_000, now + 300_000)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].delivery.id, retried.id);
+    assert_eq!(due[0].delivery.payload, after[0].payload);
 }
 
 async fn bootstrap_happens_once(store: &dyn Store) {
@@ -340,6 +453,7 @@ pub(crate) fn sample_run(
         idempotency_key: key.map(str::to_string),
         display_request: None,
         max_active_runs: None,
+        webhook_url: None,
     }
 }
 

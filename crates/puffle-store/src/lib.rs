@@ -8,6 +8,7 @@ mod rows;
 mod runs;
 pub mod scratch;
 mod sqlite;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -22,6 +23,9 @@ pub use keys::hash_key;
 pub use runs::{
     AttributeWrite, ClaimedItem, Finish, FinishOutcome, Item, ItemQuery, ItemTarget, NewRun,
     QueueStats, Run, RunStore, TOO_MANY_ACTIVE_RUNS,
+};
+pub use webhooks::{
+    AttemptOutcome, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryStatus, WebhookStore,
 };
 
 /// What a store operation can fail with. Every variant but `Internal` is the caller's doing.
@@ -172,7 +176,7 @@ pub type LeadEdit = Box<
 /// Everything Puffle persists. Every method that takes a `workspace` only ever sees that
 /// workspace's objects: anything else is `NotFound`.
 #[async_trait]
-pub trait Store: RunStore + Send + Sync + 'static {
+pub trait Store: RunStore + WebhookStore + Send + Sync + 'static {
     /// Apply pending migrations.
     async fn migrate(&self) -> Result<()>;
     /// The database answers.

@@ -22,6 +22,7 @@ pub(crate) trait StoredRow {
     fn text(&self, column: &str) -> Result<String>;
     fn text_opt(&self, column: &str) -> Result<Option<String>>;
     fn int(&self, column: &str) -> Result<i64>;
+    fn int_opt(&self, column: &str) -> Result<Option<i64>>;
 }
 
 macro_rules! stored_row {
@@ -34,6 +35,9 @@ macro_rules! stored_row {
                 Ok(self.try_get(column)?)
             }
             fn int(&self, column: &str) -> Result<i64> {
+                Ok(self.try_get(column)?)
+            }
+            fn int_opt(&self, column: &str) -> Result<Option<i64>> {
                 Ok(self.try_get(column)?)
             }
         }

@@ -45,6 +45,8 @@ pub struct NewRun {
     /// Refuse the run (`409`, reason [`TOO_MANY_ACTIVE_RUNS`]) when its workspace already has
     /// this many runs pending or running; `None`: no limit.
     pub max_active_runs: Option<u32>,
+    /// [ours] Where the run's end is announced (a validated absolute http(s) URL).
+    pub webhook_url: Option<String>,
 }
 
 /// The `reason` of a run refused because its workspace has too many active runs.

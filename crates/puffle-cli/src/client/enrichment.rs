@@ -53,6 +53,9 @@ enum EnrichmentAction {
     Results(RunResults),
     /// Cancel a pending or running run; its pending items are skipped (POST /api/enrichment/{id}/cancel).
     Cancel(RunId),
+    /// [ours] Show the webhook deliveries of a run created with --webhook-url
+    /// (GET /api/enrichment/{id}/webhooks).
+    Webhooks(RunId),
     /// Poll a run until it is completed, failed or cancelled, with progress on stderr; print the run.
     /// Exit 0 when completed, 1 when failed or cancelled.
     Wait(RunWait),
@@ -87,6 +90,10 @@ struct RunCreate {
     /// overwrite (default), or fill_empty: skip leads whose target attribute already has a value.
     #[arg(long, value_parser = ["overwrite", "fill_empty"])]
     write_policy: Option<String>,
+    /// [ours] POST a signed event here when the run ends (create a signing secret first with
+    /// `puffle account webhook-secret`).
+    #[arg(long, value_name = "URL")]
+    webhook_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -155,6 +162,9 @@ pub async fn run(cmd: EnrichmentCommand) -> ExitCode {
             Some(EnrichmentAction::Status(RunId { id })) => call(Method::GET, &["enrichment", &id]),
             Some(EnrichmentAction::Cancel(RunId { id })) => {
                 call(Method::POST, &["enrichment", &id, "cancel"])
+            }
+            Some(EnrichmentAction::Webhooks(RunId { id })) => {
+                call(Method::GET, &["enrichment", &id, "webhooks"])
             }
             Some(EnrichmentAction::Results(flags)) => return results(&global, &flags).await,
             Some(EnrichmentAction::Wait(flags)) => return wait(&global, &flags).await,
@@ -492,6 +502,7 @@ mod tests {
             r#"--display-request={"fieldId":"f"}"#,
             "--idempotency-key=k",
             "--write-policy=fill_empty",
+            "--webhook-url=https://hooks.example.com/p",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
@@ -499,7 +510,7 @@ mod tests {
             json!({"enrichmentId": "company_domain", "scope": {"type": "list", "listId": "l"},
                 "mode": "preview", "input": {"a": 1}, "output": {"attributeKey": "site"},
                 "displayRequest": {"fieldId": "f"}, "idempotencyKey": "k",
-                "writePolicy": "fill_empty"})
+                "writePolicy": "fill_empty", "webhookUrl": "https://hooks.example.com/p"})
         );
     }
 

@@ -147,6 +147,57 @@ impl GuardedClient {
     pub fn policy(&self) -> &HttpPolicy {
         &self.policy
     }
+
+    /// POST `body` to `url` under the same destination checks as `custom_http` (run webhooks
+    /// use it); the answer's status. The answer's body is not read.
+    pub async fn post(
+        &self,
+        url: Url,
+        headers: reqwest::header::HeaderMap,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<StatusCode, PostFailure> {
+        let Some(host) = url.host() else {
+            return Err(PostFailure::Refused("the URL has no host".into()));
+        };
+        // An IP literal is never looked up by the resolver: check it here (as `send` does).
+        let literal = match host {
+            url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+            url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+            url::Host::Domain(name) => name.parse::<IpAddr>().ok(),
+        };
+        if let Some(ip) = literal {
+            let host_text = url.host_str().unwrap_or_default();
+            if let Err(refused) = check_destination(&self.policy, host_text, &[ip]) {
+                return Err(PostFailure::Refused(refused.to_string()));
+            }
+        }
+        let request = self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(body)
+            .timeout(timeout);
+        match request.send().await {
+            Ok(answer) => Ok(answer.status()),
+            Err(e) => Err(match find_cause::<Refused>(&e) {
+                Some(refused) => PostFailure::Refused(refused.to_string()),
+                None if e.is_timeout() => {
+                    PostFailure::Transport(format!("no answer within {} ms", timeout.as_millis()))
+                }
+                None => PostFailure::Transport(error_chain(e)),
+            }),
+        }
+    }
+}
+
+/// Why [`GuardedClient::post`] got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostFailure {
+    /// The destination is not allowed: nothing was sent, and nothing ever will be.
+    Refused(String),
+    /// A transport failure (connection, DNS, timeout): worth trying again.
+    Transport(String),
 }
 
 /// Looks a host name up: its addresses (ports are the URL's, set by the connector).

@@ -6,6 +6,7 @@ use axum::{Json, Router};
 use puffle_domain::is_id;
 use puffle_domain::run::{Filter, ItemStatus, OutputTarget, RunMode, Scope, WritePolicy};
 use puffle_engine::catalog::Enrichment;
+use puffle_engine::run_view::run_json;
 use puffle_store::{Item, ItemQuery, ItemTarget, NewRun, Run};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -58,6 +59,8 @@ struct CreateRun {
     write_policy: Option<WritePolicy>,
     display_request: Option<Map<String, Value>>,
     idempotency_key: Option<String>,
+    /// [ours] Announce the run's end here (see `webhooks`).
+    webhook_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +165,8 @@ async fn create_run(
     }
     let request: CreateRun = from_value(body)?;
     let scope = parse_scope(&request.scope)?;
+    let webhook_url =
+        super::webhooks::checked_url(&state, &auth, request.webhook_url.as_deref()).await?;
     let enrichment = state
         .catalog
         .get(&request.enrichment_id)
@@ -287,6 +292,7 @@ async fn create_run(
         idempotency_key: request.idempotency_key.filter(|k| !k.is_empty()),
         display_request: request.display_request.map(Value::Object),
         max_active_runs: Some(state.config.max_active_runs).filter(|&n| n > 0),
+        webhook_url,
     };
     let (run, reused) = state.store.create_run(run).await?;
     if !reused {
@@ -351,54 +357,6 @@ async fn resolve_scope(
             Ok(targets)
         }
     }
-}
-
-fn run_json(run: &Run) -> Value {
-    json!({
-        "id": run.id,
-        "status": run.status.as_str(),
-        "mode": run.mode.as_str(),
-        "enrichment": {
-            "id": run.enrichment_snapshot.get("id").cloned().unwrap_or_else(|| json!(run.enrichment_slug)),
-            "slug": run.enrichment_slug,
-            "version": 1,
-            "snapshot": run.enrichment_snapshot,
-        },
-        "scope": {
-            "type": run.scope_type,
-            "listId": run.list_id,
-            "requested": run.scope_requested,
-            "resolvedCount": run.resolved_count,
-            "counts": run.counts,
-        },
-        "output": {
-            "target": run.output_target.as_str(),
-            "attributeKey": run.attribute_key,
-            "writePolicy": run.write_policy.as_str(),
-            "persistResults": run.persist_results,
-        },
-        "cost": {
-            "preview": {
-                "creditAction": run.credit_action,
-                "costPerUnit": run.cost_per_unit,
-                "totalCredits": run.total_credits,
-            },
-            "actual": {"totalCredits": run.total_credits},
-        },
-        "trigger": {
-            "correlationId": run.id,
-            "triggerRunId": null,
-            "dispatchMetadata": run.display_request.as_ref().map(|d| json!({"displayRequest": d})),
-        },
-        "error": run.error,
-        "timing": {
-            "startedAt": run.started_at,
-            "completedAt": run.completed_at,
-            "cancelledAt": run.cancelled_at,
-            "createdAt": run.created_at,
-            "updatedAt": run.updated_at,
-        },
-    })
 }
 
 fn item_json(item: &Item) -> Value {

@@ -7,6 +7,7 @@ mod enrichments;
 mod leads;
 mod lists;
 mod service;
+mod webhooks;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .merge(credits::router())
         .merge(enrichments::router())
         .merge(service::router())
+        .merge(webhooks::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -955,6 +955,9 @@ impl RunStore for PgStore {
         }
         charge(&mut tx, &run, &id).await?;
         insert_items(&mut tx, &id, &run.targets, &now).await?;
+        if let Some(url) = &run.webhook_url {
+            super::webhooks::attach(&mut tx, &id, url).await?;
+        }
         if !run.targets.is_empty() {
             // Delivered at commit, to every listening worker of the fleet.
             sqlx::query("SELECT pg_notify($1, $2)")

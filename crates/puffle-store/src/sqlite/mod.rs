@@ -28,6 +28,7 @@ use crate::{
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 mod runs;
+mod webhooks;
 
 pub struct SqliteStore {
     write: SqlitePool,

@@ -538,6 +538,9 @@ impl RunStore for SqliteStore {
             });
             q.build().execute(&mut *tx).await?;
         }
+        if let Some(url) = &run.webhook_url {
+            super::webhooks::attach(&mut tx, &id, url).await?;
+        }
         let created = load_run(&mut tx, &id).await?;
         tx.commit().await?;
         Ok((created, false))
