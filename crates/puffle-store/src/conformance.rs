@@ -8,6 +8,8 @@ use serde_json::json;
 
 use crate::{LeadQuery, NewList, NewUser, Store, StoreError, UserWorkspace};
 
+mod throttles;
+
 fn key(n: u8) -> ApiKey {
     ApiKey::from_random([n; 32])
 }
@@ -35,6 +37,7 @@ async fn conformance(store: &dyn Store) {
     list_membership_respects_lead_type(store).await;
     nul_characters_are_stored_not_fatal(store).await;
     runs::runs_claim_finish_and_count(store).await;
+    throttles::throttles_on_one_handle(store).await;
 }
 
 async fn bootstrap_happens_once(store: &dyn Store) {

@@ -8,6 +8,7 @@ mod rows;
 mod runs;
 pub mod scratch;
 mod sqlite;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ pub use runs::{
     AttributeWrite, ClaimedItem, Finish, FinishOutcome, Item, ItemQuery, ItemTarget, NewRun,
     QueueStats, Run, RunStore, TOO_MANY_ACTIVE_RUNS,
 };
+pub use throttle::{SlotLimits, Take, ThrottleStore};
 
 /// What a store operation can fail with. Every variant but `Internal` is the caller's doing.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +174,7 @@ pub type LeadEdit = Box<
 /// Everything Puffle persists. Every method that takes a `workspace` only ever sees that
 /// workspace's objects: anything else is `NotFound`.
 #[async_trait]
-pub trait Store: RunStore + Send + Sync + 'static {
+pub trait Store: RunStore + ThrottleStore + Send + Sync + 'static {
     /// Apply pending migrations.
     async fn migrate(&self) -> Result<()>;
     /// The database answers.

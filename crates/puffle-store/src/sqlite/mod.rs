@@ -28,6 +28,7 @@ use crate::{
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 mod runs;
+mod throttle;
 
 pub struct SqliteStore {
     write: SqlitePool,
