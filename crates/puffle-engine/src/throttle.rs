@@ -8,12 +8,15 @@
 //! between our clock and the vendor's arrival times cannot make two requests look closer than we
 //! spaced them.
 //!
-//! This implementation holds for one process. A fleet shares its limits through the database.
+//! [`Throttles::new`] holds for one process. [`Throttles::fleet`] shares the limits of every
+//! process using one PostgreSQL database: each slot is taken in the database (see
+//! `puffle_store::ThrottleStore`), and a pause is recorded there for every worker to honour.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use puffle_store::{SlotLimits, Store, Take};
 use tokio::sync::Notify;
 
 /// Added to each rate window (see the module documentation).
@@ -21,6 +24,21 @@ pub const WINDOW_MARGIN: Duration = Duration::from_millis(20);
 
 /// How long a waiter sleeps at most before looking again (a released slot also wakes it).
 const RECHECK: Duration = Duration::from_millis(250);
+
+/// The window margin of a fleet: a start is recorded on the database's clock a round trip or
+/// two before the request leaves, and those round trips vary between processes and under load.
+const FLEET_MARGIN: Duration = Duration::from_millis(100);
+
+/// How long a fleet slot stays in flight without renewal: a process killed mid-call holds its
+/// slots at most this long.
+const LEASE: Duration = Duration::from_secs(30);
+
+/// How often a process renews the leases of the slots it holds (well within [`LEASE`], so a
+/// renewal or two may fail without a live call losing its slot).
+const RENEW_EVERY: Duration = Duration::from_secs(8);
+
+/// The longest pause between attempts when the database does not answer.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What one provider allows; `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,13 +113,67 @@ impl State {
 /// The throttles of every provider this process calls; shared by all its worker tasks.
 #[derive(Debug, Default)]
 pub struct Throttles {
+    /// In process: everything. In a fleet: only pauses (a pause this process was told of holds
+    /// here even while the database cannot be reached).
     states: Mutex<HashMap<String, State>>,
     released: Notify,
+    /// Set when the slots are kept in a database the fleet shares.
+    fleet: Option<Fleet>,
+}
+
+/// Slots kept in the shared database.
+struct Fleet {
+    store: Arc<dyn Store>,
+    /// This process, as the holder of its slots.
+    holder: String,
+    /// The slots this process holds, whose leases it renews.
+    held: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    fn held(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Throttles {
     pub fn new() -> Arc<Throttles> {
         Arc::new(Throttles::default())
+    }
+
+    /// Throttles that hold for every process sharing `store`'s database; for a store no other
+    /// process shares (SQLite), the in-process ones, which are exact there and cost nothing.
+    /// Call it inside the Tokio runtime: it starts the task renewing this process's leases.
+    pub fn fleet(store: Arc<dyn Store>) -> Arc<Throttles> {
+        if !store.is_shared() {
+            return Throttles::new();
+        }
+        let throttles = Arc::new(Throttles {
+            fleet: Some(Fleet {
+                store,
+                holder: format!("throttles-{}", puffle_domain::new_id()),
+                held: Mutex::new(HashSet::new()),
+            }),
+            ..Throttles::default()
+        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(renew_leases(Arc::downgrade(&throttles)));
+            }
+            Err(_) => tracing::warn!(
+                "fleet throttles made outside a runtime: leases are not renewed, so a call \
+                 longer than {LEASE:?} may lose its slot"
+            ),
+        }
+        throttles
     }
 
     fn states(&self) -> MutexGuard<'_, HashMap<String, State>> {
@@ -111,6 +183,9 @@ impl Throttles {
     /// Wait until `provider` may be called under `limits`, and hold one of its slots until the
     /// permit is dropped.
     pub async fn acquire(self: &Arc<Self>, provider: &str, limits: &ProviderLimits) -> Permit {
+        if let Some(fleet) = &self.fleet {
+            return self.acquire_shared(fleet, provider, limits).await;
+        }
         loop {
             let released = self.released.notified();
             let wait = {
@@ -121,6 +196,7 @@ impl Throttles {
                         return Permit {
                             throttles: self.clone(),
                             provider: provider.to_string(),
+                            slot: None,
                         }
                     }
                     Err(wait) => wait,
@@ -133,13 +209,88 @@ impl Throttles {
         }
     }
 
+    /// A slot taken in the shared database. A database error is logged and the attempt repeated
+    /// after a growing pause: the provider is never called without a slot.
+    async fn acquire_shared(
+        self: &Arc<Self>,
+        fleet: &Fleet,
+        provider: &str,
+        limits: &ProviderLimits,
+    ) -> Permit {
+        let limits = SlotLimits {
+            per_second: limits.per_second,
+            per_minute: limits.per_minute,
+            max_in_flight: limits.max_in_flight,
+            margin: FLEET_MARGIN,
+        };
+        let mut failures = 0u32;
+        loop {
+            let released = self.released.notified();
+            let wait = match self.paused_here(provider) {
+                Some(wait) => wait,
+                None => match fleet
+                    .store
+                    .throttle_take(provider, &limits, &fleet.holder, LEASE)
+                    .await
+                {
+                    Ok(Take::Taken(slot)) => {
+                        if let Some(slot) = &slot {
+                            fleet.held().insert(slot.clone());
+                        }
+                        return Permit {
+                            throttles: self.clone(),
+                            provider: provider.to_string(),
+                            slot,
+                        };
+                    }
+                    // Exact: a window's oldest start or a pause does not leave sooner; slots
+                    // in flight are polled (or a release here wakes the waiter).
+                    Ok(Take::Wait(wait)) => {
+                        failures = 0;
+                        wait
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(provider, error = %e, "could not take a provider slot in the database; retrying");
+                        backoff(failures)
+                    }
+                },
+            };
+            tokio::select! {
+                () = released => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// How long this process still holds `provider` back for a pause it recorded itself.
+    fn paused_here(&self, provider: &str) -> Option<Duration> {
+        let until = self.states().get(provider)?.paused_until?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
     /// Remember that `provider` asked not to be called for `delay` (its `Retry-After`): no slot is
-    /// given for it until then.
+    /// given for it until then (in a fleet: by any process; this one holds it back even if the
+    /// database cannot be told).
     pub async fn pause(&self, provider: &str, delay: Duration) {
         let until = Instant::now() + delay;
-        let mut states = self.states();
-        let state = states.entry(provider.to_string()).or_default();
-        state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
+        {
+            let mut states = self.states();
+            let state = states.entry(provider.to_string()).or_default();
+            state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
+        }
+        let Some(fleet) = &self.fleet else { return };
+        for attempt in 1..=3 {
+            match fleet.store.throttle_pause(provider, delay).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(provider, error = %e, attempt, "could not record a provider's pause in the database");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
     }
 
     fn release(&self, provider: &str) {
@@ -150,16 +301,69 @@ impl Throttles {
     }
 }
 
+/// The pause before attempt `failures + 1` after as many database errors in a row.
+fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(5);
+    (Duration::from_millis(100) * 2u32.pow(exponent)).min(MAX_BACKOFF)
+}
+
+/// Renew the leases of the slots this process holds, until its throttles are gone.
+async fn renew_leases(throttles: std::sync::Weak<Throttles>) {
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        let Some(throttles) = throttles.upgrade() else {
+            return;
+        };
+        let Some(fleet) = &throttles.fleet else {
+            return;
+        };
+        let slots: Vec<String> = fleet.held().iter().cloned().collect();
+        if let Err(e) = fleet.store.throttle_renew(&slots, LEASE).await {
+            tracing::warn!(error = %e, "could not renew provider slot leases; they expire unless a later renewal succeeds");
+        }
+    }
+}
+
+/// Release a fleet slot in the database, then wake this process's waiters. Should every attempt
+/// fail, the slot comes back when its lease (no longer renewed) expires.
+async fn release_shared(throttles: Arc<Throttles>, slot: String) {
+    if let Some(fleet) = &throttles.fleet {
+        for attempt in 1..=3 {
+            match fleet.store.throttle_release(&slot).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "could not release a provider slot");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+    }
+    throttles.released.notify_waiters();
+}
+
 /// One provider call's slot; dropping it frees the slot (the rate windows keep its start).
 #[derive(Debug)]
 pub struct Permit {
     throttles: Arc<Throttles>,
     provider: String,
+    /// The slot in the fleet's database (`None` in process, or for an unlimited provider).
+    slot: Option<String>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.throttles.release(&self.provider);
+        let Some(fleet) = &self.throttles.fleet else {
+            self.throttles.release(&self.provider);
+            return;
+        };
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        // Not renewed from now on: released below, or given back when its lease expires.
+        fleet.held().remove(&slot);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(release_shared(self.throttles.clone(), slot));
+        }
     }
 }
 
@@ -224,5 +428,13 @@ mod tests {
         // Another provider is not held back by this one.
         let _a = throttles.acquire("vendor", &l).await;
         let _b = throttles.acquire("other", &l).await;
+    }
+
+    /// One process owns an embedded database: its throttles stay in memory, with no database
+    /// round trip per call.
+    #[tokio::test]
+    async fn a_store_no_other_process_shares_keeps_throttles_in_process() {
+        let store = puffle_store::open("sqlite::memory:").await.unwrap();
+        assert!(Throttles::fleet(store).fleet.is_none());
     }
 }
