@@ -128,6 +128,9 @@ struct Fleet {
     holder: String,
     /// The slots this process holds, whose leases it renews.
     held: Mutex<HashSet<String>>,
+    /// Per provider, the turn to ask the database: this process's waiters queue here, so each
+    /// process has at most one of them polling a provider's row however many tasks wait.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -141,6 +144,11 @@ impl std::fmt::Debug for Fleet {
 impl Fleet {
     fn held(&self) -> MutexGuard<'_, HashSet<String>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn turn(&self, provider: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        turns.entry(provider.to_string()).or_default().clone()
     }
 }
 
@@ -161,6 +169,7 @@ impl Throttles {
                 store,
                 holder: format!("throttles-{}", puffle_domain::new_id()),
                 held: Mutex::new(HashSet::new()),
+                turns: Mutex::new(HashMap::new()),
             }),
             ..Throttles::default()
         });
@@ -223,6 +232,9 @@ impl Throttles {
             max_in_flight: limits.max_in_flight,
             margin: FLEET_MARGIN,
         };
+        // Held until a slot is taken (the next waiter of this process asks at once).
+        let turn = fleet.turn(provider);
+        let _turn = turn.lock().await;
         let mut failures = 0u32;
         loop {
             let released = self.released.notified();
