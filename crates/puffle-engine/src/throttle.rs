@@ -232,9 +232,13 @@ impl Throttles {
             max_in_flight: limits.max_in_flight,
             margin: FLEET_MARGIN,
         };
-        // Held until a slot is taken (the next waiter of this process asks at once).
-        let turn = fleet.turn(provider);
-        let _turn = turn.lock().await;
+        // Held until a slot is taken (the next waiter of this process asks at once). An unlimited
+        // provider only reads its pause, which needs no turn.
+        let turn = (!limits.is_unlimited()).then(|| fleet.turn(provider));
+        let _turn = match &turn {
+            Some(turn) => Some(turn.lock().await),
+            None => None,
+        };
         let mut failures = 0u32;
         loop {
             let released = self.released.notified();

@@ -19,7 +19,9 @@ struct Seen {
     max_in_flight: u32,
 }
 
-/// A vendor on loopback answering after `hold`; returns its URL and what it saw.
+/// A vendor on loopback answering after `hold`; returns its URL and what it saw. It runs on a
+/// thread and runtime of its own, like a remote server: the callers' tasks do not delay its
+/// clock readings.
 async fn vendor(hold: Duration) -> (String, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let state = seen.clone();
@@ -40,11 +42,25 @@ async fn vendor(hold: Duration) -> (String, Arc<Mutex<Seen>>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await
+        })
+    });
     (url, seen)
 }
+
+/// The tests of this file run one at a time: each measures timing at its vendor, and the others'
+/// load would only add noise.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Two migrated store handles (two pools) on a fresh database, or `None` without a server.
 async fn two_processes() -> Option<(Arc<dyn Store>, Arc<dyn Store>, ScratchDatabase)> {
@@ -97,6 +113,7 @@ async fn call_from_both(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_holds_for_the_whole_fleet_at_the_vendor() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some((a, b, _db)) = two_processes().await else {
         return;
     };
@@ -123,6 +140,7 @@ async fn a_rate_limit_holds_for_the_whole_fleet_at_the_vendor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_are_limited_across_the_fleet() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some((a, b, _db)) = two_processes().await else {
         return;
     };
@@ -142,6 +160,7 @@ async fn requests_in_flight_are_limited_across_the_fleet() {
 /// slot); the throttles keep retrying instead of panicking.
 #[tokio::test]
 async fn no_permit_without_the_database() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some((a, _b, db)) = two_processes().await else {
         return;
     };
@@ -156,4 +175,40 @@ async fn no_permit_without_the_database() {
     let attempt =
         tokio::time::timeout(Duration::from_secs(1), throttles.acquire("vendor", &limits)).await;
     assert!(attempt.is_err(), "a permit was given without a slot");
+}
+
+/// A `Retry-After` one process was given holds back the other: its call reaches the vendor only
+/// after the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_recorded_by_one_process_holds_back_the_other() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some((a, b, _db)) = two_processes().await else {
+        return;
+    };
+    let (url, seen) = vendor(Duration::ZERO).await;
+    let (told, other) = (Throttles::fleet(a), Throttles::fleet(b));
+    let paused_at = Instant::now();
+    told.pause("vendor", Duration::from_secs(1)).await;
+    for limits in [
+        ProviderLimits::default(),
+        ProviderLimits {
+            max_in_flight: Some(1),
+            ..ProviderLimits::default()
+        },
+    ] {
+        let _permit = other.acquire("vendor", &limits).await;
+        reqwest::get(&url)
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+    let arrivals = seen.lock().unwrap().arrivals.clone();
+    assert_eq!(arrivals.len(), 2);
+    for arrived in arrivals {
+        assert!(
+            arrived - paused_at >= Duration::from_secs(1),
+            "called during the pause"
+        );
+    }
 }
