@@ -2,10 +2,10 @@
 //!
 //! Takers of one provider are serialized by locking its `throttle_providers` row for the
 //! transaction (an upsert, so the first taker creates it). With the row held, the database's
-//! clock is read (`clock_timestamp()`, the time the lock was obtained, not the transaction's
-//! start: a taker that queued behind others must not record a start earlier than theirs) and the
-//! recent starts and slots in flight are counted. Cost: one transaction of three statements per
-//! slot taken, one statement per release.
+//! clock is read (`clock_timestamp()`, the time now, not the transaction's start: a taker that
+//! queued behind others must not record a start earlier than theirs) and the recent starts and
+//! slots in flight are counted. Cost: one transaction of four statements per slot taken (committed
+//! without waiting for the log flush), one statement per release.
 
 use std::time::Duration;
 
