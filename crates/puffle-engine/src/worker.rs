@@ -70,7 +70,7 @@ impl WorkerPool {
         store.subscribe_work(Arc::downgrade(&wake));
         let (shutdown, rx) = watch::channel(false);
         // One set of provider throttles for the pool: every item calling a provider shares them.
-        let throttles = crate::throttle::Throttles::new();
+        let throttles = crate::throttle::Throttles::fleet(store.clone());
         let worker_id = format!("worker-{}", puffle_domain::new_id());
         let webhooks = tokio::spawn(crate::webhooks::deliver(
             store.clone(),

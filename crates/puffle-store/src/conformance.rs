@@ -8,6 +8,8 @@ use serde_json::json;
 
 use crate::{LeadQuery, NewList, NewUser, Store, StoreError, UserWorkspace};
 
+mod throttles;
+
 fn key(n: u8) -> ApiKey {
     ApiKey::from_random([n; 32])
 }
@@ -37,6 +39,7 @@ async fn conformance(store: &dyn Store) {
     runs::runs_claim_finish_and_count(store).await;
     provider_cache_expires(store).await;
     webhooks_are_queued_claimed_and_recorded(store).await;
+    throttles::throttles_on_one_handle(store).await;
 }
 
 /// Cached answers are found until they expire, replaced by a newer put, and pruned after.

@@ -9,6 +9,7 @@ mod runs;
 pub mod scratch;
 mod sqlite;
 mod webhooks;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ pub use runs::{
 pub use webhooks::{
     AttemptOutcome, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryStatus, WebhookStore,
 };
+pub use throttle::{SlotLimits, Take, ThrottleStore};
 
 /// What a store operation can fail with. Every variant but `Internal` is the caller's doing.
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +178,7 @@ pub type LeadEdit = Box<
 /// Everything Puffle persists. Every method that takes a `workspace` only ever sees that
 /// workspace's objects: anything else is `NotFound`.
 #[async_trait]
-pub trait Store: RunStore + WebhookStore + Send + Sync + 'static {
+pub trait Store: RunStore + WebhookStore + ThrottleStore + Send + Sync + 'static {
     /// Apply pending migrations.
     async fn migrate(&self) -> Result<()>;
     /// The database answers.

@@ -37,6 +37,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 mod runs;
 mod webhooks;
+mod throttle;
 
 /// The channel `LISTEN`/`NOTIFY` wake-ups travel on: a new run (or newly due work) is announced
 /// here so idle workers everywhere claim at once instead of at their next poll.

@@ -29,6 +29,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 mod runs;
 mod webhooks;
+mod throttle;
 
 pub struct SqliteStore {
     write: SqlitePool,
