@@ -13,7 +13,7 @@
 //! process using one PostgreSQL database: each slot is taken in the database (see
 //! `puffle_store::ThrottleStore`), and a pause is recorded there for every worker to honour.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
