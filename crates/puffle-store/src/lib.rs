@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 pub use keys::hash_key;
 pub use runs::{
     AttributeWrite, ClaimedItem, Finish, FinishOutcome, Item, ItemQuery, ItemTarget, NewRun,
-    QueueStats, Run, RunStore, TOO_MANY_ACTIVE_RUNS,
+    QueueStats, Run, RunStore, Submission, TOO_MANY_ACTIVE_RUNS,
 };
 
 /// What a store operation can fail with. Every variant but `Internal` is the caller's doing.

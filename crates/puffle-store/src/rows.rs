@@ -22,6 +22,7 @@ pub(crate) trait StoredRow {
     fn text(&self, column: &str) -> Result<String>;
     fn text_opt(&self, column: &str) -> Result<Option<String>>;
     fn int(&self, column: &str) -> Result<i64>;
+    fn int_opt(&self, column: &str) -> Result<Option<i64>>;
 }
 
 macro_rules! stored_row {
@@ -34,6 +35,9 @@ macro_rules! stored_row {
                 Ok(self.try_get(column)?)
             }
             fn int(&self, column: &str) -> Result<i64> {
+                Ok(self.try_get(column)?)
+            }
+            fn int_opt(&self, column: &str) -> Result<Option<i64>> {
                 Ok(self.try_get(column)?)
             }
         }
@@ -64,6 +68,19 @@ pub(crate) const RUN_COLUMNS: &str = "id, workspace_id, user_id, status, mode, e
 pub(crate) const ITEM_COLUMNS: &str = "id, run_id, lead_id, list_id, membership_id, status, \
     result, skipped_reason, error, attempts, input_snapshot, lead_snapshot, raw_result, provider, \
     provider_submission_id, started_at, completed_at, created_at, updated_at";
+
+/// The job of a claimed item (`provider_submission_id`, `provider_submitted_at`,
+/// `provider_callback`), if an async step submitted one.
+pub(crate) fn submission_of(row: &impl StoredRow) -> Result<Option<crate::runs::Submission>> {
+    let Some(id) = row.text_opt("provider_submission_id")? else {
+        return Ok(None);
+    };
+    Ok(Some(crate::runs::Submission {
+        id,
+        submitted_at_ms: row.int_opt("provider_submitted_at")?.unwrap_or(0),
+        callback: row.text_opt("provider_callback")?,
+    }))
+}
 
 pub(crate) fn decode_err(what: &str, value: &str) -> StoreError {
     StoreError::Internal(format!("stored {what} {value:?} is not valid"))
