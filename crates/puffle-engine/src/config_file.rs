@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use toml::Spanned;
 
 use crate::providers::configured::{
-    AsyncSpec, CallbackConfig, ConfiguredHeader, EnrichmentConfig, ProviderConfig,
-    ProvidersConfig, Step, StepKind, SUBMISSION_ID,
+    AsyncSpec, CallbackConfig, ConfiguredHeader, EnrichmentConfig, ProviderConfig, ProvidersConfig,
+    Step, StepKind, SUBMISSION_ID,
 };
 use crate::providers::http::{is_json_pointer, DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS};
 use crate::providers::miss::RawMissRule;
@@ -645,7 +645,10 @@ fn request(
     let shape = template::render_placeholders_as(&checked, "0")
         .map_err(|e| (Some(path_span.clone()), format!("{prefix}path: {e}")))?;
     if Url::parse(&format!("{}{shape}", provider.base_url)).is_err() {
-        return err(path_span, format!("{prefix}path: does not make a valid URL"));
+        return err(
+            path_span,
+            format!("{prefix}path: does not make a valid URL"),
+        );
     }
     let mut query = Vec::new();
     for (name, value) in raw_query {
@@ -701,7 +704,12 @@ fn async_spec(
 ) -> Result<(AsyncSpec, Request), FieldError> {
     let s = submit.get_ref();
     let submit_request = request(
-        (s.method.clone(), s.path.clone(), s.query.clone(), s.body.clone()),
+        (
+            s.method.clone(),
+            s.path.clone(),
+            s.query.clone(),
+            s.body.clone(),
+        ),
         provider,
         "submit.",
     )?;
@@ -730,7 +738,12 @@ fn async_spec(
     let poll_interval = match poll_interval_ms {
         None => DEFAULT_POLL_INTERVAL_MS,
         Some(v) if (10..=3_600_000).contains(v.get_ref()) => v.into_inner(),
-        Some(v) => return err(v.span(), "poll_interval_ms: must be from 10 to 3600000".into()),
+        Some(v) => {
+            return err(
+                v.span(),
+                "poll_interval_ms: must be from 10 to 3600000".into(),
+            )
+        }
     };
     let max_wait = match max_wait_seconds {
         None => DEFAULT_MAX_WAIT_SECONDS,
@@ -940,7 +953,9 @@ poll_interval_ms = 250
 "#;
 
     fn parse_with(text: &str) -> Result<ProvidersConfig, ConfigError> {
-        parse("p.toml", text, &|v| (v == "HOOK").then(|| "hook-secret".into()))
+        parse("p.toml", text, &|v| {
+            (v == "HOOK").then(|| "hook-secret".into())
+        })
     }
 
     #[test]
@@ -948,7 +963,10 @@ poll_interval_ms = 250
         let config = parse_with(ASYNC).expect("valid");
         let step = &config.enrichments[0].steps[0];
         assert_eq!(step.kind, StepKind::Async);
-        assert_eq!((step.method.as_str(), step.path.as_str()), ("POST", "/jobs"));
+        assert_eq!(
+            (step.method.as_str(), step.path.as_str()),
+            ("POST", "/jobs")
+        );
         let spec = step.asynchronous.as_ref().expect("async spec");
         assert_eq!(spec.poll_path, "/jobs/{{submission.id}}");
         assert_eq!(spec.poll_method, Method::GET);
@@ -962,9 +980,8 @@ poll_interval_ms = 250
 
     #[test]
     fn async_mistakes_are_named() {
-        let in_waterfall = format!(
-            "{ASYNC}\n[[enrichments.steps]]\nprovider = \"slow\"\npath = \"/x\"\n"
-        );
+        let in_waterfall =
+            format!("{ASYNC}\n[[enrichments.steps]]\nprovider = \"slow\"\npath = \"/x\"\n");
         let e = parse_with(&in_waterfall).unwrap_err();
         assert!(e.message.contains("only step"), "{e}");
         let no_poll = ASYNC.replace("poll = { path = \"/jobs/{{submission.id}}\" }\n", "");
@@ -978,6 +995,10 @@ poll_interval_ms = 250
         assert!(e.message.contains("poll_interval_ms"), "{e}");
         let half_callback = ASYNC.replace("callback_id_pointer = \"/job_id\"\n", "");
         let e = parse_with(&half_callback).unwrap_err();
-        assert!(e.message.contains("callback_secret: needs callback_id_pointer"), "{e}");
+        assert!(
+            e.message
+                .contains("callback_secret: needs callback_id_pointer"),
+            "{e}"
+        );
     }
 }

@@ -41,7 +41,12 @@ impl Call<'_> {
         }
     }
 
-    fn report(&self, outcome: StepOutcome, request: Option<Value>, answer: Option<Value>) -> StepReport {
+    fn report(
+        &self,
+        outcome: StepOutcome,
+        request: Option<Value>,
+        answer: Option<Value>,
+    ) -> StepReport {
         StepReport {
             provider: self.step.provider.clone(),
             outcome,
@@ -52,13 +57,18 @@ impl Call<'_> {
     }
 
     /// Send `step`'s request; the outcome is judged by `step`'s own pointer and rules.
-    async fn call(&self, step: &Step, ctx: &Context) -> (StepOutcome, Option<Value>, Option<Value>) {
+    async fn call(
+        &self,
+        step: &Step,
+        ctx: &Context,
+    ) -> (StepOutcome, Option<Value>, Option<Value>) {
         let request = match build_request(self.provider, step, ctx) {
             Ok(r) => r,
             Err(outcome) => return (outcome, None, None),
         };
         let shown = Some(request.shown.clone());
-        let (outcome, answer) = send(self.client, self.throttles, self.provider, step, request).await;
+        let (outcome, answer) =
+            send(self.client, self.throttles, self.provider, step, request).await;
         let secrets = self.provider.secrets();
         let outcome = match outcome {
             StepOutcome::Hit(v) => StepOutcome::Hit(secrets.scrub(v)),
@@ -102,7 +112,8 @@ impl Call<'_> {
         let (outcome, shown, answer, callback_used) = match &job.callback {
             Some(body) => {
                 // A callback is the poll's answer, delivered: no request.
-                let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.clone()));
+                let value =
+                    serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.clone()));
                 let value = self.provider.secrets().scrub(value);
                 let shown = Some(json!({"callback": true}));
                 (StepOutcome::Hit(value.clone()), shown, Some(value), true)

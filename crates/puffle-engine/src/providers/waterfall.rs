@@ -25,9 +25,9 @@ use super::configured::{
 };
 use super::Execution;
 use crate::template::Context;
-use puffle_store::Submission;
 use crate::throttle::Throttles;
 use crate::Outcome;
+use puffle_store::Submission;
 
 /// Runs configured enrichments; one per executor.
 pub struct Configured {

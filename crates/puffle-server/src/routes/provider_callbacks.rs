@@ -35,7 +35,8 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let unknown = || ApiError::NotFound(format!("No provider named {provider} receives callbacks."));
+    let unknown =
+        || ApiError::NotFound(format!("No provider named {provider} receives callbacks."));
     let config = state.config.engine.providers.clone();
     let callback = config
         .providers
@@ -83,7 +84,7 @@ async fn receive(
     }
     // An idle worker claims the item at once instead of at its next poll.
     state.wake.notify_waiters();
-    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response())
+    Ok((StatusCode::OK, Json(json!({"accepted": true}))).into_response())
 }
 
 /// `signature` (`t=…,v1=…`) signs `body` with `secret`, at most [`TOLERANCE_SECS`] from `now`.
@@ -142,6 +143,11 @@ mod tests {
         assert!(!verify("whsec", &header, b"{\"id\":2}", 1_000_100));
         assert!(!verify("whsec", &header, b"{\"id\":1}", 1_000_301));
         assert!(!verify("whsec", "", b"{\"id\":1}", 1_000_000));
-        assert!(!verify("whsec", "t=1000000,v1=zz", b"{\"id\":1}", 1_000_000));
+        assert!(!verify(
+            "whsec",
+            "t=1000000,v1=zz",
+            b"{\"id\":1}",
+            1_000_000
+        ));
     }
 }
