@@ -144,7 +144,9 @@ async fn a_job_pending_beyond_max_wait_fails_the_item() {
         message.contains("job job-stuck0.example was still pending after 1 s"),
         "{message}"
     );
-    assert!(vendor.requests_to("/jobs/job-stuck0.example").len() >= 2);
+    // It failed on a pending poll answer, not on the submit (how many polls fit in the second
+    // depends on the machine).
+    assert!(!vendor.requests_to("/jobs/job-stuck0.example").is_empty());
     assert_eq!(vendor.requests_to("/jobs").len(), 1);
 }
 
