@@ -232,3 +232,38 @@ async fn a_signed_callback_completes_a_waiting_item_and_a_bad_one_is_refused() {
     assert_eq!(item["attempts"], 1, "{item}");
     assert_eq!(vendor.requests_to("/jobs").len(), 1);
 }
+
+#[tokio::test]
+async fn cancelling_a_run_skips_its_waiting_items() {
+    let vendor = vendor(usize::MAX).await;
+    let app = app_with(&config(&vendor, 600)).await;
+    let leads = app.companies("cancel", 2, None).await;
+    let run_id = app
+        .start_run(json!({"enrichmentId": "slow_email",
+            "scope": {"type": "explicit_leads", "leadIds": leads}}))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for lead in 0..2 {
+        let job = format!("/jobs/job-cancel{lead}.example");
+        while vendor.requests_to(&job).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{job} is never polled"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let r = app
+        .post(&format!("/api/enrichment/{run_id}/cancel"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let run = app.wait_run_for(&run_id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    let items = app.all_items(&run_id).await;
+    assert_counts_match(&run, &items);
+    for item in &items {
+        assert_eq!(item["status"], "skipped", "{item}");
+        assert_eq!(item["skippedReason"], "run_cancelled", "{item}");
+        assert_eq!(item["attempts"], 0, "waiting spent no attempt: {item}");
+    }
+}

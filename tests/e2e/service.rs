@@ -119,6 +119,8 @@ const ENDPOINTS: &[(&str, &[&str])] = &[
     ("/healthz", &["get"]),
     ("/metrics", &["get"]),
     ("/api/openapi.json", &["get"]),
+    // Async provider callbacks (docs/providers.md).
+    ("/api/webhooks/providers/{provider}", &["post"]),
 ];
 
 #[tokio::test]
