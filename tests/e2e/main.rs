@@ -22,6 +22,7 @@ mod lists;
 mod load;
 mod observability;
 mod providers;
+mod providers_async;
 mod serve_process;
 mod service;
 mod shutdown;

@@ -122,6 +122,8 @@ const ENDPOINTS: &[(&str, &[&str])] = &[
     // [ours] run webhooks
     ("/api/user/webhook-secret", &["post"]),
     ("/api/enrichment/{id}/webhooks", &["get"]),
+    // Async provider callbacks (docs/providers.md).
+    ("/api/webhooks/providers/{provider}", &["post"]),
 ];
 
 #[tokio::test]

@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 use toml::Spanned;
 
 use crate::providers::configured::{
-    ConfiguredHeader, EnrichmentConfig, ProviderConfig, ProvidersConfig, Step, StepKind,
+    AsyncSpec, CallbackConfig, ConfiguredHeader, EnrichmentConfig, ProviderConfig, ProvidersConfig,
+    Step, StepKind, SUBMISSION_ID,
 };
 use crate::providers::http::{is_json_pointer, DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS};
 use crate::providers::miss::RawMissRule;
@@ -61,6 +62,8 @@ struct RawProvider {
     rate_limit: Option<RawRate>,
     max_in_flight: Option<Spanned<u32>>,
     cache_ttl_seconds: Option<u64>,
+    callback_secret: Option<Spanned<String>>,
+    callback_id_pointer: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -91,14 +94,46 @@ struct RawStep {
     kind: Option<Spanned<String>>,
     provider: Spanned<String>,
     method: Option<Spanned<String>>,
-    path: Spanned<String>,
+    path: Option<Spanned<String>>,
     #[serde(default)]
     query: BTreeMap<String, Spanned<String>>,
     body: Option<Spanned<Value>>,
     result_pointer: Option<Spanned<String>>,
     #[serde(default)]
     miss_when: Vec<Spanned<RawMissRule>>,
+    // Async steps (kind = "async") only.
+    submit: Option<Spanned<RawSubmit>>,
+    poll: Option<Spanned<RawPoll>>,
+    #[serde(default)]
+    pending_when: Vec<Spanned<RawMissRule>>,
+    poll_interval_ms: Option<Spanned<u64>>,
+    max_wait_seconds: Option<Spanned<u64>>,
 }
+
+/// An async step's submit request: a request like a sync step's, and where the job id is.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubmit {
+    method: Option<Spanned<String>>,
+    path: Spanned<String>,
+    #[serde(default)]
+    query: BTreeMap<String, Spanned<String>>,
+    body: Option<Spanned<Value>>,
+    submission_id_pointer: Spanned<String>,
+}
+
+/// An async step's poll request; its path may use `{{submission.id}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoll {
+    method: Option<Spanned<String>>,
+    path: Spanned<String>,
+}
+
+/// Default `poll_interval_ms` of an async step.
+const DEFAULT_POLL_INTERVAL_MS: u64 = 5000;
+/// Default `max_wait_seconds` of an async step (a day).
+const DEFAULT_MAX_WAIT_SECONDS: u64 = 86_400;
 
 /// A mistake in the file: where and what.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -272,7 +307,44 @@ fn provider(
             positive(r.per_minute, "rate_limit.per_minute")?,
         ),
     };
+    let callback = match (raw.callback_secret, raw.callback_id_pointer) {
+        (None, None) => None,
+        (Some(secret), Some(pointer)) => {
+            let span = secret.span();
+            let (value, _, missing) = substitute(secret.get_ref(), env)
+                .map_err(|m| (Some(span.clone()), format!("callback_secret: {m}")))?;
+            for var in missing {
+                if !missing_env.contains(&var) {
+                    missing_env.push(var);
+                }
+            }
+            if !is_json_pointer(pointer.get_ref()) || pointer.get_ref().is_empty() {
+                return err(
+                    pointer.span(),
+                    "callback_id_pointer: must be a JSON Pointer (RFC 6901), e.g. \"/job_id\""
+                        .into(),
+                );
+            }
+            Some(CallbackConfig {
+                secret: value,
+                id_pointer: pointer.into_inner(),
+            })
+        }
+        (Some(s), None) => {
+            return err(
+                s.span(),
+                "callback_secret: needs callback_id_pointer too".into(),
+            )
+        }
+        (None, Some(p)) => {
+            return err(
+                p.span(),
+                "callback_id_pointer: needs callback_secret too".into(),
+            )
+        }
+    };
     Ok(ProviderConfig {
+        callback,
         name: name.to_string(),
         base_url: base_url.trim_end_matches('/').to_string(),
         headers,
@@ -409,6 +481,13 @@ fn enrichment(
             .map_err(|(sp, m)| (Some(sp.unwrap_or(span)), format!("steps[{i}].{m}")))?;
         steps.push(step);
     }
+    // A waiting item resumes its one step: an async step is not part of a waterfall.
+    if steps.len() > 1 && steps.iter().any(|s| s.kind == StepKind::Async) {
+        return err(
+            steps_span,
+            "steps: an async step must be the enrichment's only step".into(),
+        );
+    }
     Ok(EnrichmentConfig {
         slug,
         name: name.clone(),
@@ -428,14 +507,31 @@ fn enrichment(
 }
 
 fn step(
-    raw: RawStep,
+    mut raw: RawStep,
     providers: &BTreeMap<String, Arc<ProviderConfig>>,
 ) -> Result<Step, FieldError> {
-    let kind = match raw.kind {
+    let kind = match raw.kind.take() {
         None => StepKind::Http,
         Some(k) if k.get_ref() == "http" => StepKind::Http,
-        Some(k) => return err(k.span(), "kind: only \"http\" is supported".into()),
+        Some(k) if k.get_ref() == "async" => StepKind::Async,
+        Some(k) => return err(k.span(), "kind: must be \"http\" or \"async\"".into()),
     };
+    if kind == StepKind::Http {
+        let async_only = [
+            raw.submit.as_ref().map(|s| ("submit", s.span())),
+            raw.poll.as_ref().map(|s| ("poll", s.span())),
+            raw.pending_when.first().map(|s| ("pending_when", s.span())),
+            raw.poll_interval_ms
+                .as_ref()
+                .map(|s| ("poll_interval_ms", s.span())),
+            raw.max_wait_seconds
+                .as_ref()
+                .map(|s| ("max_wait_seconds", s.span())),
+        ];
+        if let Some((field, span)) = async_only.into_iter().flatten().next() {
+            return err(span, format!("{field}: only for kind = \"async\""));
+        }
+    }
     let provider_name = raw.provider.get_ref().clone();
     let Some(provider) = providers.get(&provider_name) else {
         let known: Vec<&str> = providers.keys().map(String::as_str).collect();
@@ -451,44 +547,31 @@ fn step(
             ),
         );
     };
-    let method = match raw.method {
-        None => Method::GET,
-        Some(m) => {
-            let upper = m.get_ref().trim().to_ascii_uppercase();
-            if !METHODS.contains(&upper.as_str()) {
-                return err(
-                    m.span(),
-                    format!("method: must be one of {}", METHODS.join(", ")),
-                );
-            }
-            Method::from_bytes(upper.as_bytes())
-                .map_err(|_| (Some(m.span()), "method: invalid".to_string()))?
+    let (request, asynchronous) = match kind {
+        StepKind::Http => {
+            let Some(path) = raw.path else {
+                return Err((None, "path: required".into()));
+            };
+            let parts = (raw.method, path, raw.query, raw.body);
+            (request(parts, provider, "")?, None)
+        }
+        StepKind::Async => {
+            let pending_when = std::mem::take(&mut raw.pending_when);
+            let poll_interval_ms = raw.poll_interval_ms.take();
+            let max_wait_seconds = raw.max_wait_seconds.take();
+            let (submit, poll) = async_parts(&raw)?;
+            let (spec, submit) = async_spec(
+                submit,
+                poll,
+                pending_when,
+                poll_interval_ms,
+                max_wait_seconds,
+                provider,
+            )?;
+            (submit, Some(spec))
         }
     };
-    let path_span = raw.path.span();
-    let path = raw.path.into_inner();
-    if !path.starts_with('/') {
-        return err(path_span, "path: must start with `/`".into());
-    }
-    let shape = template::render_placeholders_as(&path, "0")
-        .map_err(|e| (Some(path_span.clone()), format!("path: {e}")))?;
-    if Url::parse(&format!("{}{shape}", provider.base_url)).is_err() {
-        return err(path_span, "path: does not make a valid URL".into());
-    }
-    let mut query = Vec::new();
-    for (name, value) in raw.query {
-        template::validate(value.get_ref())
-            .map_err(|e| (Some(value.span()), format!("query.{name}: {e}")))?;
-        query.push((name, value.into_inner()));
-    }
-    let body = match raw.body {
-        None => None,
-        Some(b) => {
-            template::validate_json(b.get_ref())
-                .map_err(|e| (Some(b.span()), format!("body: {e}")))?;
-            Some(b.into_inner())
-        }
-    };
+    let (method, path, query, body) = request;
     let result_pointer = match raw.result_pointer {
         None => None,
         Some(p) if is_json_pointer(p.get_ref()) => Some(p.into_inner()),
@@ -517,7 +600,172 @@ fn step(
         body,
         result_pointer,
         miss_when,
+        asynchronous,
     })
+}
+
+/// A request's parts as written: method, path, query, body.
+type RawRequest = (
+    Option<Spanned<String>>,
+    Spanned<String>,
+    BTreeMap<String, Spanned<String>>,
+    Option<Spanned<Value>>,
+);
+
+/// A request's parts, checked.
+type Request = (Method, String, Vec<(String, String)>, Option<Value>);
+
+/// Check a request of a step; `prefix` names its table in messages (`submit.`).
+fn request(
+    (method, path, raw_query, raw_body): RawRequest,
+    provider: &ProviderConfig,
+    prefix: &str,
+) -> Result<Request, FieldError> {
+    let method = match method {
+        None => Method::GET,
+        Some(m) => {
+            let upper = m.get_ref().trim().to_ascii_uppercase();
+            if !METHODS.contains(&upper.as_str()) {
+                return err(
+                    m.span(),
+                    format!("{prefix}method: must be one of {}", METHODS.join(", ")),
+                );
+            }
+            Method::from_bytes(upper.as_bytes())
+                .map_err(|_| (Some(m.span()), format!("{prefix}method: invalid")))?
+        }
+    };
+    let path_span = path.span();
+    let path = path.into_inner();
+    if !path.starts_with('/') {
+        return err(path_span, format!("{prefix}path: must start with `/`"));
+    }
+    // The job id is only known when polling: check the path with a stand-in.
+    let checked = path.replace(SUBMISSION_ID, "0");
+    let shape = template::render_placeholders_as(&checked, "0")
+        .map_err(|e| (Some(path_span.clone()), format!("{prefix}path: {e}")))?;
+    if Url::parse(&format!("{}{shape}", provider.base_url)).is_err() {
+        return err(
+            path_span,
+            format!("{prefix}path: does not make a valid URL"),
+        );
+    }
+    let mut query = Vec::new();
+    for (name, value) in raw_query {
+        template::validate(value.get_ref())
+            .map_err(|e| (Some(value.span()), format!("{prefix}query.{name}: {e}")))?;
+        query.push((name, value.into_inner()));
+    }
+    let body = match raw_body {
+        None => None,
+        Some(b) => {
+            template::validate_json(b.get_ref())
+                .map_err(|e| (Some(b.span()), format!("{prefix}body: {e}")))?;
+            Some(b.into_inner())
+        }
+    };
+    Ok((method, path, query, body))
+}
+
+/// The `submit` and `poll` tables of an async step, which has no request of its own.
+fn async_parts(raw: &RawStep) -> Result<(&Spanned<RawSubmit>, &Spanned<RawPoll>), FieldError> {
+    let own = [
+        raw.method.as_ref().map(|m| ("method", m.span())),
+        raw.path.as_ref().map(|p| ("path", p.span())),
+        raw.body.as_ref().map(|b| ("body", b.span())),
+    ];
+    if let Some((field, span)) = own.into_iter().flatten().next() {
+        return err(
+            span,
+            format!("{field}: an async step's requests are in `submit` and `poll`"),
+        );
+    }
+    if !raw.query.is_empty() {
+        return Err((
+            None,
+            "query: an async step's requests are in `submit` and `poll`".into(),
+        ));
+    }
+    match (&raw.submit, &raw.poll) {
+        (Some(s), Some(p)) => Ok((s, p)),
+        (None, _) => Err((None, "submit: required for kind = \"async\"".into())),
+        (_, None) => Err((None, "poll: required for kind = \"async\"".into())),
+    }
+}
+
+/// Check an async step's parts: its spec, and the submit request.
+fn async_spec(
+    submit: &Spanned<RawSubmit>,
+    poll: &Spanned<RawPoll>,
+    pending_when: Vec<Spanned<RawMissRule>>,
+    poll_interval_ms: Option<Spanned<u64>>,
+    max_wait_seconds: Option<Spanned<u64>>,
+    provider: &ProviderConfig,
+) -> Result<(AsyncSpec, Request), FieldError> {
+    let s = submit.get_ref();
+    let submit_request = request(
+        (
+            s.method.clone(),
+            s.path.clone(),
+            s.query.clone(),
+            s.body.clone(),
+        ),
+        provider,
+        "submit.",
+    )?;
+    let pointer = &s.submission_id_pointer;
+    if !is_json_pointer(pointer.get_ref()) || pointer.get_ref().is_empty() {
+        return err(
+            pointer.span(),
+            "submit.submission_id_pointer: must be a JSON Pointer (RFC 6901), e.g. \"/id\"".into(),
+        );
+    }
+    let p = poll.get_ref();
+    let (poll_method, poll_path, _, _) = request(
+        (p.method.clone(), p.path.clone(), BTreeMap::new(), None),
+        provider,
+        "poll.",
+    )?;
+    let mut rules = Vec::new();
+    for (i, rule) in pending_when.into_iter().enumerate() {
+        let span = rule.span();
+        let rule = rule
+            .into_inner()
+            .check()
+            .map_err(|m| (Some(span), format!("pending_when[{i}].{m}")))?;
+        rules.push(rule);
+    }
+    let poll_interval = match poll_interval_ms {
+        None => DEFAULT_POLL_INTERVAL_MS,
+        Some(v) if (10..=3_600_000).contains(v.get_ref()) => v.into_inner(),
+        Some(v) => {
+            return err(
+                v.span(),
+                "poll_interval_ms: must be from 10 to 3600000".into(),
+            )
+        }
+    };
+    let max_wait = match max_wait_seconds {
+        None => DEFAULT_MAX_WAIT_SECONDS,
+        Some(v) if (1..=30 * 86_400).contains(v.get_ref()) => v.into_inner(),
+        Some(v) => {
+            return err(
+                v.span(),
+                "max_wait_seconds: must be from 1 to 2592000 (30 days)".into(),
+            )
+        }
+    };
+    Ok((
+        AsyncSpec {
+            submission_id_pointer: pointer.get_ref().clone(),
+            poll_method,
+            poll_path,
+            pending_when: rules,
+            poll_interval: Duration::from_millis(poll_interval),
+            max_wait: Duration::from_secs(max_wait),
+        },
+        submit_request,
+    ))
 }
 
 #[cfg(test)]
@@ -675,5 +923,82 @@ body = { name = "{{lead.name.full}}" }
         for e in &config.enrichments {
             assert_eq!(config.disabled_reason(e), None, "{}", e.slug);
         }
+    }
+}
+
+#[cfg(test)]
+mod async_tests {
+    use super::*;
+
+    const ASYNC: &str = r#"
+[providers.slow]
+base_url = "https://slow.test"
+callback_secret = "${HOOK}"
+callback_id_pointer = "/job_id"
+
+[[enrichments]]
+slug = "slow_email"
+name = "Slow"
+subject = "any"
+credit_action = "FIND_PERSON"
+
+[[enrichments.steps]]
+provider = "slow"
+kind = "async"
+submit = { method = "POST", path = "/jobs", body = { d = "{{lead.domain}}" }, submission_id_pointer = "/id" }
+poll = { path = "/jobs/{{submission.id}}" }
+pending_when = [{ pointer = "/status", equals = "pending" }]
+result_pointer = "/email"
+poll_interval_ms = 250
+"#;
+
+    fn parse_with(text: &str) -> Result<ProvidersConfig, ConfigError> {
+        parse("p.toml", text, &|v| {
+            (v == "HOOK").then(|| "hook-secret".into())
+        })
+    }
+
+    #[test]
+    fn an_async_step_resolves_submit_poll_and_callback() {
+        let config = parse_with(ASYNC).expect("valid");
+        let step = &config.enrichments[0].steps[0];
+        assert_eq!(step.kind, StepKind::Async);
+        assert_eq!(
+            (step.method.as_str(), step.path.as_str()),
+            ("POST", "/jobs")
+        );
+        let spec = step.asynchronous.as_ref().expect("async spec");
+        assert_eq!(spec.poll_path, "/jobs/{{submission.id}}");
+        assert_eq!(spec.poll_method, Method::GET);
+        assert_eq!(spec.poll_interval, Duration::from_millis(250));
+        assert_eq!(spec.max_wait, Duration::from_secs(DEFAULT_MAX_WAIT_SECONDS));
+        assert_eq!(spec.pending_when.len(), 1);
+        let callback = config.providers["slow"].callback.clone().expect("callback");
+        assert_eq!(callback.secret.as_deref(), Some("hook-secret"));
+        assert!(!format!("{callback:?}").contains("hook-secret"));
+    }
+
+    #[test]
+    fn async_mistakes_are_named() {
+        let in_waterfall =
+            format!("{ASYNC}\n[[enrichments.steps]]\nprovider = \"slow\"\npath = \"/x\"\n");
+        let e = parse_with(&in_waterfall).unwrap_err();
+        assert!(e.message.contains("only step"), "{e}");
+        let no_poll = ASYNC.replace("poll = { path = \"/jobs/{{submission.id}}\" }\n", "");
+        let e = parse_with(&no_poll).unwrap_err();
+        assert!(e.message.contains("poll: required"), "{e}");
+        let sync_with_poll = ASYNC.replace("kind = \"async\"\n", "path = \"/x\"\n");
+        let e = parse_with(&sync_with_poll).unwrap_err();
+        assert!(e.message.contains("only for kind = \"async\""), "{e}");
+        let bad_interval = ASYNC.replace("poll_interval_ms = 250", "poll_interval_ms = 1");
+        let e = parse_with(&bad_interval).unwrap_err();
+        assert!(e.message.contains("poll_interval_ms"), "{e}");
+        let half_callback = ASYNC.replace("callback_id_pointer = \"/job_id\"\n", "");
+        let e = parse_with(&half_callback).unwrap_err();
+        assert!(
+            e.message
+                .contains("callback_secret: needs callback_id_pointer"),
+            "{e}"
+        );
     }
 }

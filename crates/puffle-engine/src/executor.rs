@@ -50,11 +50,13 @@ impl Executor {
         }
     }
 
+    /// `submission`: the job an async provider step submitted for this item already.
     pub async fn execute(
         &self,
         enrichment: &Enrichment,
         lead: &Lead,
         input: &Value,
+        submission: Option<&puffle_store::Submission>,
     ) -> Result<Execution, RunFailure> {
         match enrichment.binding {
             Binding::Builtin => {
@@ -95,7 +97,10 @@ impl Executor {
                     return Err(RunFailure(format!("{} is not enabled: {reason}", enrichment.slug)));
                 }
                 let configured = configured.clone();
-                Ok(self.configured.execute(&configured, lead, input).await)
+                Ok(self
+                    .configured
+                    .execute(&configured, lead, input, submission)
+                    .await)
             }
             Binding::Unconfigured => Err(RunFailure(format!(
                 "{} has no provider configured on this server",

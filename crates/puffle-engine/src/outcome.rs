@@ -21,4 +21,12 @@ pub enum Outcome {
     },
     /// Permanent failure with a human sentence.
     Fail(String),
+    /// An async provider step submitted job `submission_id` (or polled it: not ready yet). The
+    /// item waits, holding no slot, and runs again `after` this long without spending an
+    /// attempt; `callback_used`: a stored callback was read and is cleared.
+    Waiting {
+        submission_id: String,
+        after: Duration,
+        callback_used: bool,
+    },
 }

@@ -292,6 +292,13 @@ fn walk<'v>(value: &'v Value, segments: &[&str]) -> Option<&'v Value> {
     }
 }
 
+/// `text` percent-encoded as [`render_url`] encodes placeholder values.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    percent_encode_into(text, &mut out);
+    out
+}
+
 /// Percent-encode every byte but the RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`).
 fn percent_encode_into(text: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";

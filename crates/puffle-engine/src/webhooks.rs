@@ -69,16 +69,61 @@ pub fn validate_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// The `Puffle-Signature` of `body` sent at `timestamp` (unix seconds):
-/// `t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>.<body>" keyed with the secret>`.
-pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
+/// HMAC-SHA256 keyed with `secret` over `"<timestamp>.<body>"`.
+fn signing_mac(secret: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
     // HMAC accepts a key of any length, so this cannot fail.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
+    mac
+}
+
+/// The `Puffle-Signature` of `body` sent at `timestamp` (unix seconds):
+/// `t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>.<body>" keyed with the secret>`.
+pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let mac = signing_mac(secret, timestamp, body);
     format!("t={timestamp},v1={}", to_hex(&mac.finalize().into_bytes()))
+}
+
+/// Whether a `Puffle-Signature` header (`t=…,v1=…`, as [`signature`] makes) signs `body` with
+/// `secret` at a time at most `tolerance_secs` from `now` (unix seconds). Several `v1` values
+/// may be given (a sender rotating its secret signs with both); the comparison is constant-time.
+pub fn verify_signature(
+    secret: &str,
+    header: &str,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> bool {
+    let mut t = None;
+    let mut v1 = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", value)) => t = value.parse::<i64>().ok(),
+            Some(("v1", value)) => v1.push(value),
+            _ => {}
+        }
+    }
+    let Some(t) = t else { return false };
+    if now.abs_diff(t) > tolerance_secs.unsigned_abs() {
+        return false;
+    }
+    v1.iter().any(|hex_sig| {
+        from_hex(hex_sig)
+            .is_some_and(|expected| signing_mac(secret, t, body).verify_slice(&expected).is_ok())
+    })
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 fn to_hex(bytes: &[u8]) -> String {

@@ -396,7 +396,12 @@ async fn execute_item(
         return skip(SkipReason::AlreadyHasValue);
     }
     let started = std::time::Instant::now();
-    let execution = match shared.executor.execute(enrichment, &lead, &run.input).await {
+    let submission = item.submission.as_ref();
+    let execution = match shared
+        .executor
+        .execute(enrichment, &lead, &run.input, submission)
+        .await
+    {
         Ok(execution) => {
             let error = match &execution.outcome {
                 Outcome::Fail(_) => Some("failed"),
@@ -458,6 +463,27 @@ async fn execute_item(
             shared.retry_scheduled(due_at_ms);
             (FinishOutcome::Retry { due_at_ms, message }, true)
         }
+        // Async provider step: the item waits as pending, no attempt spent (an attempt is
+        // counted once, when the job's answer is final).
+        Outcome::Waiting {
+            submission_id,
+            after,
+            callback_used,
+        } => {
+            let now = now_ms();
+            let due_at_ms = now + ms(after);
+            shared.retry_scheduled(due_at_ms);
+            let submitted_at_ms = submission
+                .filter(|s| s.id == submission_id)
+                .map_or(now, |s| s.submitted_at_ms);
+            let waiting = FinishOutcome::Waiting {
+                submission_id,
+                submitted_at_ms,
+                due_at_ms,
+                callback_used,
+            };
+            (waiting, false)
+        }
     };
     Finish {
         input_snapshot: Some(execution.input_snapshot),
@@ -474,6 +500,7 @@ fn count_outcome(shared: &Shared, finish: &Finish) {
         FinishOutcome::Failed { .. } => "failed",
         FinishOutcome::Skipped(_) => "skipped",
         FinishOutcome::Retry { .. } => "retry",
+        FinishOutcome::Waiting { .. } => "waiting",
     });
 }
 

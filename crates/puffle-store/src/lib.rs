@@ -8,8 +8,8 @@ mod rows;
 mod runs;
 pub mod scratch;
 mod sqlite;
-mod webhooks;
 mod throttle;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -23,12 +23,12 @@ use serde_json::{Map, Value};
 pub use keys::hash_key;
 pub use runs::{
     AttributeWrite, ClaimedItem, Finish, FinishOutcome, Item, ItemQuery, ItemTarget, NewRun,
-    QueueStats, Run, RunStore, TOO_MANY_ACTIVE_RUNS,
+    QueueStats, Run, RunStore, Submission, TOO_MANY_ACTIVE_RUNS,
 };
+pub use throttle::{SlotLimits, Take, ThrottleStore};
 pub use webhooks::{
     AttemptOutcome, ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryStatus, WebhookStore,
 };
-pub use throttle::{SlotLimits, Take, ThrottleStore};
 
 /// What a store operation can fail with. Every variant but `Internal` is the caller's doing.
 #[derive(Debug, thiserror::Error)]

@@ -69,6 +69,19 @@ pub(crate) const ITEM_COLUMNS: &str = "id, run_id, lead_id, list_id, membership_
     result, skipped_reason, error, attempts, input_snapshot, lead_snapshot, raw_result, provider, \
     provider_submission_id, started_at, completed_at, created_at, updated_at";
 
+/// The job of a claimed item (`provider_submission_id`, `provider_submitted_at`,
+/// `provider_callback`), if an async step submitted one.
+pub(crate) fn submission_of(row: &impl StoredRow) -> Result<Option<crate::runs::Submission>> {
+    let Some(id) = row.text_opt("provider_submission_id")? else {
+        return Ok(None);
+    };
+    Ok(Some(crate::runs::Submission {
+        id,
+        submitted_at_ms: row.int_opt("provider_submitted_at")?.unwrap_or(0),
+        callback: row.text_opt("provider_callback")?,
+    }))
+}
+
 pub(crate) fn decode_err(what: &str, value: &str) -> StoreError {
     StoreError::Internal(format!("stored {what} {value:?} is not valid"))
 }

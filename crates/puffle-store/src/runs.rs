@@ -141,6 +141,19 @@ pub struct ClaimedItem {
     pub list_id: Option<String>,
     pub membership_id: Option<String>,
     pub attempts: i64,
+    /// Set when an async provider step submitted a job for this item: poll, do not submit.
+    pub submission: Option<Submission>,
+}
+
+/// The job an async provider step submitted for an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// The vendor's job id (`metadata.providerSubmissionId`).
+    pub id: String,
+    /// When it was submitted (unix ms), for `max_wait_seconds`.
+    pub submitted_at_ms: i64,
+    /// The body of a callback the vendor posted, not yet read by a worker.
+    pub callback: Option<String>,
 }
 
 /// Where and how a result is written.
@@ -186,6 +199,15 @@ pub enum FinishOutcome {
     Retry {
         due_at_ms: i64,
         message: String,
+    },
+    /// An async provider step submitted a job (or polled it, still pending): back to `pending`,
+    /// due at `due_at_ms`, without spending an attempt, remembering the job. `callback_used`: a
+    /// stored callback was read (and is cleared). Skipped like a retry if the run ended meanwhile.
+    Waiting {
+        submission_id: String,
+        submitted_at_ms: i64,
+        due_at_ms: i64,
+        callback_used: bool,
     },
 }
 
@@ -255,6 +277,15 @@ pub trait RunStore: Send + Sync {
     async fn rescue_expired(&self, now_ms: i64) -> Result<u64>;
     /// Fail a run: it becomes `failed` with `message`; its pending items are skipped/`run_failed`.
     async fn fail_run(&self, run_id: &str, message: &str) -> Result<()>;
+    /// Keep the body of a provider's callback for the item waiting on job `submission_id` of
+    /// `provider` and make it due at `now_ms`; `false` when no such item waits.
+    async fn record_provider_callback(
+        &self,
+        provider: &str,
+        submission_id: &str,
+        body: &str,
+        now_ms: i64,
+    ) -> Result<bool>;
     /// Queue depth and the oldest pending item, over the whole database. Cheap: reads the
     /// counts kept on active runs and one index entry per active run.
     async fn queue_stats(&self) -> Result<QueueStats> {

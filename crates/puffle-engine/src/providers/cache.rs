@@ -158,6 +158,7 @@ mod tests {
             body: None,
             result_pointer: None,
             miss_when: vec![],
+            asynchronous: None,
         }
     }
 

@@ -78,6 +78,27 @@ pub struct ProviderConfig {
     pub cache_ttl: Option<Duration>,
     /// `${VAR}`s of the headers that the environment does not set: the provider is unusable.
     pub missing_env: Vec<String>,
+    /// How this provider's callbacks are checked and matched (async steps), if it sends any.
+    pub callback: Option<CallbackConfig>,
+}
+
+/// `callback_secret` and `callback_id_pointer` of a provider: a callback at
+/// `POST /api/webhooks/providers/{name}` is signed with the secret, and its body holds the job
+/// id at the pointer.
+#[derive(Clone)]
+pub struct CallbackConfig {
+    /// `None` when its `${VAR}` is not set: every callback is refused.
+    pub secret: Option<String>,
+    pub id_pointer: String,
+}
+
+impl fmt::Debug for CallbackConfig {
+    // The secret is never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallbackConfig")
+            .field("id_pointer", &self.id_pointer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProviderConfig {
@@ -186,12 +207,33 @@ pub struct EnrichmentConfig {
     pub steps: Vec<Step>,
 }
 
-/// How a step talks to its provider. Only one request per item so far; an asynchronous
-/// submit-then-poll kind would be another variant.
+/// How a step talks to its provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StepKind {
+    /// One request per item.
     #[default]
     Http,
+    /// Submit a job, then poll it (or receive a callback) until it is ready; see [`AsyncSpec`].
+    Async,
+}
+
+/// The placeholder of the job id in an async step's poll path.
+pub const SUBMISSION_ID: &str = "{{submission.id}}";
+
+/// What an async step adds to a step. The step's `method`/`path`/`query`/`body` are the submit
+/// request; its `result_pointer`/`miss_when` judge the final answer (poll or callback).
+#[derive(Debug, Clone)]
+pub struct AsyncSpec {
+    /// Where the submit answer holds the job id.
+    pub submission_id_pointer: String,
+    pub poll_method: Method,
+    /// May contain [`SUBMISSION_ID`] (percent-encoded when substituted).
+    pub poll_path: String,
+    /// An answer matching any rule means "not ready yet".
+    pub pending_when: Vec<MissRule>,
+    pub poll_interval: Duration,
+    /// Still pending this long after the submit: the item fails.
+    pub max_wait: Duration,
 }
 
 /// One request of an enrichment to one provider.
@@ -207,6 +249,8 @@ pub struct Step {
     pub body: Option<Value>,
     pub result_pointer: Option<String>,
     pub miss_when: Vec<MissRule>,
+    /// `Some` exactly for [`StepKind::Async`].
+    pub asynchronous: Option<AsyncSpec>,
 }
 
 /// What one step produced.
@@ -221,6 +265,8 @@ pub enum StepOutcome {
         message: String,
     },
     Fail(String),
+    /// An async step's job is submitted or still pending: this job id.
+    Waiting(String),
 }
 
 /// One step as the item's metadata shows it.
@@ -245,6 +291,7 @@ impl StepReport {
             StepOutcome::MissingInput(_) => ("missing_input", None),
             StepOutcome::Retry { message, .. } => ("retryable", Some(message.clone())),
             StepOutcome::Fail(message) => ("failed", Some(message.clone())),
+            StepOutcome::Waiting(id) => ("waiting", Some(format!("waiting for job {id}"))),
         };
         let mut out = json!({
             "provider": self.provider,
@@ -448,19 +495,7 @@ fn retry_of(outcome: Outcome) -> StepOutcome {
 /// `result_pointer` (null or absent: miss).
 pub fn evaluate(who: &str, step: &Step, body: &[u8], claims_json: bool) -> StepOutcome {
     match serde_json::from_slice::<Value>(body) {
-        Ok(json) => {
-            if miss::is_miss(&step.miss_when, &json) {
-                return StepOutcome::Miss;
-            }
-            let found = match &step.result_pointer {
-                Some(p) => json.pointer(p),
-                None => Some(&json),
-            };
-            match found {
-                Some(v) if !v.is_null() => StepOutcome::Hit(v.clone()),
-                _ => StepOutcome::Miss,
-            }
-        }
+        Ok(json) => judge(step, &json),
         Err(_) if body.iter().all(u8::is_ascii_whitespace) => StepOutcome::Miss,
         Err(e) if claims_json || step.result_pointer.is_some() || !step.miss_when.is_empty() => {
             StepOutcome::Fail(format!("{who}'s answer is not valid JSON ({e})"))
@@ -469,6 +504,21 @@ pub fn evaluate(who: &str, step: &Step, body: &[u8], claims_json: bool) -> StepO
             Ok(text) => StepOutcome::Hit(Value::String(text.trim().to_string())),
             Err(_) => StepOutcome::Fail(format!("{who}'s answer is neither JSON nor UTF-8 text")),
         },
+    }
+}
+
+/// A JSON answer → hit or miss by `miss_when`, then `result_pointer`.
+pub fn judge(step: &Step, json: &Value) -> StepOutcome {
+    if miss::is_miss(&step.miss_when, json) {
+        return StepOutcome::Miss;
+    }
+    let found = match &step.result_pointer {
+        Some(p) => json.pointer(p),
+        None => Some(json),
+    };
+    match found {
+        Some(v) if !v.is_null() => StepOutcome::Hit(v.clone()),
+        _ => StepOutcome::Miss,
     }
 }
 
@@ -514,6 +564,7 @@ mod tests {
             body: None,
             result_pointer: pointer.map(str::to_string),
             miss_when,
+            asynchronous: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! assumed to be JSON or UTF-8, and nothing here panics on them.
 
 pub mod ai;
+pub mod async_step;
 pub mod cache;
 pub mod configured;
 pub mod http;

@@ -27,6 +27,7 @@ use super::Execution;
 use crate::template::Context;
 use crate::throttle::Throttles;
 use crate::Outcome;
+use puffle_store::Submission;
 
 /// Runs configured enrichments; one per executor.
 pub struct Configured {
@@ -59,14 +60,32 @@ impl Configured {
         &self.config
     }
 
-    /// Run `enrichment`'s steps for one lead.
+    /// Run `enrichment`'s steps for one lead; `submission`: the job an async step submitted
+    /// for this item already.
     pub async fn execute(
         &self,
         enrichment: &EnrichmentConfig,
         lead: &Lead,
         input: &Value,
+        submission: Option<&Submission>,
     ) -> Execution {
         let ctx = Context::new(lead, input);
+        // Configuration admits an async step only as the only step.
+        if let [step] = enrichment.steps.as_slice() {
+            if let (Some(spec), Some(provider)) = (
+                &step.asynchronous,
+                self.config.providers.get(&step.provider),
+            ) {
+                let call = super::async_step::Call {
+                    client: &self.client,
+                    throttles: &self.throttles,
+                    provider,
+                    step,
+                    spec,
+                };
+                return call.run(&ctx, submission).await;
+            }
+        }
         let mut reports: Vec<StepReport> = Vec::new();
         for step in &enrichment.steps {
             let report = self.run_step(step, &ctx).await;
@@ -91,8 +110,9 @@ impl Configured {
             let message = format!("no provider named {} is configured", step.provider);
             return report(StepOutcome::Fail(message), None, None, false);
         };
-        match step.kind {
-            StepKind::Http => {}
+        if step.kind != StepKind::Http {
+            let message = "an async step runs alone, not in a waterfall".to_string();
+            return report(StepOutcome::Fail(message), None, None, false);
         }
         let request = match build_request(provider, step, ctx) {
             Ok(r) => r,
@@ -131,7 +151,7 @@ impl Configured {
 }
 
 /// The item's outcome from the reports of the steps that ran (see the module documentation).
-fn conclude(reports: Vec<StepReport>) -> Execution {
+pub(crate) fn conclude(reports: Vec<StepReport>) -> Execution {
     let steps: Vec<Value> = reports.iter().map(StepReport::to_json).collect();
     let snapshot = |cached: bool| json!({"steps": steps, "cached": cached});
     let hit = reports.iter().find_map(|r| match &r.outcome {
@@ -162,6 +182,7 @@ fn conclude(reports: Vec<StepReport>) -> Execution {
                 StepOutcome::Miss => "missed".to_string(),
                 StepOutcome::MissingInput(p) => format!("lacked {}", p.join(", ")),
                 StepOutcome::Retry { message, .. } | StepOutcome::Fail(message) => message.clone(),
+                StepOutcome::Waiting(id) => format!("waiting for job {id}"),
             };
             format!("step {} ({}): {what}", i + 1, r.provider)
         })
@@ -244,6 +265,7 @@ fn summary_of_one(report: &StepReport) -> String {
         StepOutcome::MissingInput(p) => format!("no value for {}", p.join(", ")),
         StepOutcome::Hit(_) => "hit".into(),
         StepOutcome::Miss => "missed".into(),
+        StepOutcome::Waiting(id) => format!("waiting for job {id}"),
     }
 }
 

@@ -6,6 +6,7 @@ mod csv;
 mod enrichments;
 mod leads;
 mod lists;
+mod provider_callbacks;
 mod service;
 mod webhooks;
 
@@ -29,6 +30,8 @@ pub fn router(state: AppState) -> Router {
         .merge(enrichments::router())
         .merge(service::router())
         .merge(webhooks::router())
+        // Async provider callbacks (docs/providers.md "Async steps").
+        .merge(provider_callbacks::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -36,8 +36,8 @@ use crate::{
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 mod runs;
-mod webhooks;
 mod throttle;
+mod webhooks;
 
 /// The channel `LISTEN`/`NOTIFY` wake-ups travel on: a new run (or newly due work) is announced
 /// here so idle workers everywhere claim at once instead of at their next poll.

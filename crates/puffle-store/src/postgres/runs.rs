@@ -260,6 +260,11 @@ struct FinishRow {
     due_at: Option<i64>,
     completed_at: Option<String>,
     write: Option<AttributeWrite>,
+    /// A `Waiting` outcome: the job id and when it was submitted.
+    submission_id: Option<String>,
+    submitted_at: Option<i64>,
+    /// The stored callback was read: clear it.
+    clear_callback: bool,
 }
 
 impl FinishRow {
@@ -267,6 +272,7 @@ impl FinishRow {
         let error = |message: String, details: Option<Value>| {
             Some(json!({"message": message, "details": details}).to_string())
         };
+        let mut waiting = None;
         let (mut status, result, mut skipped, mut error, write, due_at) = match f.outcome {
             FinishOutcome::Completed { result, write } => (
                 ItemStatus::Completed,
@@ -295,6 +301,15 @@ impl FinishRow {
                 None,
                 Some(due_at_ms),
             ),
+            FinishOutcome::Waiting {
+                submission_id,
+                submitted_at_ms,
+                due_at_ms,
+                callback_used,
+            } => {
+                waiting = Some((submission_id, submitted_at_ms, callback_used));
+                (ItemStatus::Pending, None, None, None, None, Some(due_at_ms))
+            }
         };
         if status == ItemStatus::Pending {
             if let Some(reason) = ended_run_reason(run_status.get(&f.run_id).map(String::as_str)) {
@@ -317,6 +332,9 @@ impl FinishRow {
             due_at,
             completed_at: status.is_terminal().then(|| now.to_string()),
             write,
+            submission_id: waiting.as_ref().map(|w| w.0.clone()),
+            submitted_at: waiting.as_ref().map(|w| w.1),
+            clear_callback: waiting.is_some_and(|w| w.2),
         }
     }
 }
@@ -337,6 +355,9 @@ struct FinishColumns {
     due_at: Vec<Option<i64>>,
     completed_at: Vec<Option<String>>,
     token: Vec<String>,
+    submission_id: Vec<Option<String>>,
+    submitted_at: Vec<Option<i64>>,
+    clear_callback: Vec<bool>,
 }
 
 impl FinishColumns {
@@ -356,6 +377,9 @@ impl FinishColumns {
             c.due_at.push(r.due_at);
             c.completed_at.push(r.completed_at.clone());
             c.token.push(r.lease_token.clone());
+            c.submission_id.push(r.submission_id.clone());
+            c.submitted_at.push(r.submitted_at);
+            c.clear_callback.push(r.clear_callback);
         }
         c
     }
@@ -378,12 +402,16 @@ async fn record_finishes(
          lead_snapshot = coalesce(v.lead_snapshot, e.lead_snapshot), raw_result = v.raw_result, \
          provider = coalesce(v.provider, e.provider), due_at = coalesce(v.due_at, e.due_at), \
          completed_at = v.completed_at, updated_at = $14, \
+         provider_submission_id = coalesce(v.submission_id, e.provider_submission_id), \
+         provider_submitted_at = coalesce(v.submitted_at, e.provider_submitted_at), \
+         provider_callback = CASE WHEN v.clear_callback THEN NULL ELSE e.provider_callback END, \
          lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
              $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::text[], \
-             $13::text[]) \
+             $13::text[], $16::text[], $17::int8[], $18::bool[]) \
              AS v(id, status, result, skipped, error, attempts, input_snapshot, lead_snapshot, \
-                  raw_result, provider, due_at, completed_at, token) \
+                  raw_result, provider, due_at, completed_at, token, submission_id, \
+                  submitted_at, clear_callback) \
          WHERE e.id = v.id AND e.status = 'running' AND e.lease_owner = $15 \
              AND e.lease_token = v.token \
          RETURNING e.id",
@@ -403,6 +431,9 @@ async fn record_finishes(
     .bind(&c.token)
     .bind(now)
     .bind(worker)
+    .bind(&c.submission_id)
+    .bind(&c.submitted_at)
+    .bind(&c.clear_callback)
     .fetch_all(&mut *conn)
     .await?;
     Ok(recorded.into_iter().collect())
@@ -718,7 +749,7 @@ async fn lease_items(
                ORDER BY r.pos, p.id LIMIT $7) AS picked \
          WHERE e.id = picked.id AND e.status = 'pending' \
          RETURNING e.id, e.lease_token, e.run_id, e.lead_id, e.list_id, e.membership_id, \
-             e.attempts",
+             e.attempts, e.provider_submission_id, e.provider_submitted_at, e.provider_callback",
     )
     .bind(worker)
     .bind(lease_until_ms)
@@ -740,6 +771,7 @@ async fn lease_items(
                 list_id: r.try_get("list_id")?,
                 membership_id: r.try_get("membership_id")?,
                 attempts: r.try_get("attempts")?,
+                submission: crate::rows::submission_of(r)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -1239,6 +1271,31 @@ impl RunStore for PgStore {
             running: row.try_get("running")?,
             oldest_pending_created_at: row.try_get("oldest")?,
         })
+    }
+
+    async fn record_provider_callback(
+        &self,
+        provider: &str,
+        submission_id: &str,
+        body: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        // A waiting item becomes due now; one being polled right now keeps the body for its
+        // next claim (see docs/providers.md).
+        let done = sqlx::query(
+            "UPDATE enrichment_items SET provider_callback = $1, \
+             due_at = CASE WHEN status = 'pending' THEN $2 ELSE due_at END, updated_at = $3 \
+             WHERE provider = $4 AND provider_submission_id = $5 \
+             AND status IN ('pending', 'running')",
+        )
+        .bind(body)
+        .bind(now_ms)
+        .bind(now_timestamp())
+        .bind(provider)
+        .bind(submission_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn fail_run(&self, run_id: &str, message: &str) -> Result<()> {

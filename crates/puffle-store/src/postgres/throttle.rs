@@ -144,8 +144,8 @@ impl ThrottleStore for PgStore {
              WHERE id = $1 AND lease_expires_ms IS NOT NULL"
         ))
         .bind(slot)
-            .execute(&self.pool)
-            .await?;
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

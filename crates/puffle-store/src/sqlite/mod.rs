@@ -28,8 +28,8 @@ use crate::{
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 mod runs;
-mod webhooks;
 mod throttle;
+mod webhooks;
 
 pub struct SqliteStore {
     write: SqlitePool,

@@ -216,6 +216,11 @@ struct FinishRow {
     due_at: Option<i64>,
     completed_at: Option<String>,
     write: Option<AttributeWrite>,
+    /// A `Waiting` outcome: the job id and when it was submitted.
+    submission_id: Option<String>,
+    submitted_at: Option<i64>,
+    /// The stored callback was read: clear it.
+    clear_callback: bool,
 }
 
 impl FinishRow {
@@ -223,6 +228,7 @@ impl FinishRow {
         let error = |message: String, details: Option<Value>| {
             Some(json!({"message": message, "details": details}).to_string())
         };
+        let mut waiting = None;
         let (mut status, result, mut skipped, mut error, write, due_at) = match f.outcome {
             FinishOutcome::Completed { result, write } => (
                 ItemStatus::Completed,
@@ -251,6 +257,15 @@ impl FinishRow {
                 None,
                 Some(due_at_ms),
             ),
+            FinishOutcome::Waiting {
+                submission_id,
+                submitted_at_ms,
+                due_at_ms,
+                callback_used,
+            } => {
+                waiting = Some((submission_id, submitted_at_ms, callback_used));
+                (ItemStatus::Pending, None, None, None, None, Some(due_at_ms))
+            }
         };
         if status == ItemStatus::Pending {
             match run_status.get(&f.run_id).map(String::as_str) {
@@ -281,6 +296,9 @@ impl FinishRow {
             due_at,
             completed_at: status.is_terminal().then(|| now.to_string()),
             write,
+            submission_id: waiting.as_ref().map(|w| w.0.clone()),
+            submitted_at: waiting.as_ref().map(|w| w.1),
+            clear_callback: waiting.is_some_and(|w| w.2),
         }
     }
 }
@@ -670,7 +688,8 @@ impl RunStore for SqliteStore {
                      started_at = coalesce(started_at, ?), updated_at = ? \
                      WHERE id IN (SELECT id FROM enrichment_items WHERE run_id = ? \
                        AND status = 'pending' AND due_at <= ? ORDER BY id LIMIT ?) \
-                     RETURNING id, lead_id, list_id, membership_id, attempts",
+                     RETURNING id, lead_id, list_id, membership_id, attempts, \
+                       provider_submission_id, provider_submitted_at, provider_callback",
                 )
                 .bind(worker)
                 .bind(&token)
@@ -709,6 +728,7 @@ impl RunStore for SqliteStore {
                     list_id: r.try_get("list_id")?,
                     membership_id: r.try_get("membership_id")?,
                     attempts: r.try_get("attempts")?,
+                    submission: crate::rows::submission_of(&r)?,
                 });
             }
         }
@@ -795,7 +815,11 @@ impl RunStore for SqliteStore {
                  input_snapshot = coalesce(v.column7, input_snapshot), \
                  lead_snapshot = coalesce(v.column8, lead_snapshot), raw_result = v.column9, \
                  provider = coalesce(v.column10, provider), due_at = coalesce(v.column11, due_at), \
-                 completed_at = v.column12, updated_at = ",
+                 completed_at = v.column12, \
+                 provider_submission_id = coalesce(v.column14, provider_submission_id), \
+                 provider_submitted_at = coalesce(v.column15, provider_submitted_at), \
+                 provider_callback = CASE WHEN v.column16 THEN NULL ELSE provider_callback END, \
+                 updated_at = ",
             );
             q.push_bind(&now)
                 .push(", lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL FROM (");
@@ -812,7 +836,10 @@ impl RunStore for SqliteStore {
                     .push_bind(&r.provider)
                     .push_bind(r.due_at)
                     .push_bind(&r.completed_at)
-                    .push_bind(&r.lease_token);
+                    .push_bind(&r.lease_token)
+                    .push_bind(&r.submission_id)
+                    .push_bind(r.submitted_at)
+                    .push_bind(r.clear_callback);
             });
             // Only items this worker still holds: a lost lease means the current holder decides.
             q.push(
@@ -929,6 +956,31 @@ impl RunStore for SqliteStore {
             running: row.try_get("running")?,
             oldest_pending_created_at: row.try_get("oldest")?,
         })
+    }
+
+    async fn record_provider_callback(
+        &self,
+        provider: &str,
+        submission_id: &str,
+        body: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        // A waiting item becomes due now; one being polled right now keeps the body for its
+        // next claim (see docs/providers.md).
+        let done = sqlx::query(
+            "UPDATE enrichment_items SET provider_callback = ?, \
+             due_at = CASE WHEN status = 'pending' THEN ? ELSE due_at END, updated_at = ? \
+             WHERE provider = ? AND provider_submission_id = ? \
+             AND status IN ('pending', 'running')",
+        )
+        .bind(body)
+        .bind(now_ms)
+        .bind(now_timestamp())
+        .bind(provider)
+        .bind(submission_id)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn fail_run(&self, run_id: &str, message: &str) -> Result<()> {
