@@ -1,8 +1,7 @@
 //! Issue 7: request ids on every response and log line, metrics of requests, items, providers
 //! and the queue, JSON logs without secrets.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
 
@@ -176,34 +175,16 @@ async fn the_queue_gauges_count_waiting_items() {
 async fn json_logs_carry_request_ids_and_no_keys() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = format!("pk_live_{}", "ab".repeat(32));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_puffle"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_puffle"));
+    command
         .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
         .current_dir(dir.path())
         .env("PUFFLE_DATABASE_URL", "sqlite://puffle.db")
         .env("PUFFLE_BOOTSTRAP_API_KEY", &key)
-        .env("PUFFLE_LOG", "debug,sqlx=warn,hyper=warn,reqwest=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("puffle serve starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut operator_lines = Vec::new();
-    let base = loop {
-        let line = rx.recv().expect("serve prints its address");
-        if let Some(url) = line.strip_prefix("Puffle is listening on ") {
-            break url.trim().to_string();
-        }
-        operator_lines.push(line);
-    };
+        .env("PUFFLE_LOG", "debug,sqlx=warn,hyper=warn,reqwest=warn");
+    let serve = LoggedServe::start(command);
+    let base = serve.base.clone();
+    let operator_lines = serve.startup.clone();
     let client = reqwest::Client::new();
     let r = client
         .post(format!("{base}/api/user/api-key"))
@@ -225,17 +206,8 @@ async fn json_logs_carry_request_ids_and_no_keys() {
         .await
         .expect("request");
     assert_eq!(r.status(), 400);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().expect("serve exits"))
-        .await
-        .unwrap();
+    let (exit, lines) = serve.stop().await;
     assert!(exit.success(), "{exit:?}");
-    reader.join().expect("reader");
-    let lines: Vec<String> = rx.try_iter().collect();
 
     let logs: Vec<Value> = lines
         .iter()

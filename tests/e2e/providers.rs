@@ -1,8 +1,7 @@
 //! Issue 5: providers and enrichments configured in `puffle.toml` — the catalog, waterfalls,
 //! `miss_when`, throttles, secrets, the result cache — against real loopback vendors.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -435,34 +434,17 @@ steps = [{ provider = "echo", path = "/find/{{lead.domain}}" }]
     )
     .unwrap();
     let key = format!("pk_live_{}", "cd".repeat(32));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_puffle"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_puffle"));
+    command
         .args(["serve", "--bind", "127.0.0.1:0", "--config"])
         .arg(&config)
         .current_dir(dir.path())
         .env("PUFFLE_DATABASE_URL", "sqlite://puffle.db")
         .env("PUFFLE_BOOTSTRAP_API_KEY", &key)
         .env("VENDOR_KEY", SECRET)
-        .env("PUFFLE_LOG", "debug,sqlx=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("puffle serve starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let base = loop {
-        let line = rx.recv().expect("serve prints its address");
-        if let Some(url) = line.strip_prefix("Puffle is listening on ") {
-            break url.trim().to_string();
-        }
-    };
+        .env("PUFFLE_LOG", "debug,sqlx=warn");
+    let serve = LoggedServe::start(command);
+    let base = serve.base.clone();
     let client = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
         let mut req = client
@@ -543,12 +525,7 @@ steps = [{ provider = "echo", path = "/find/{{lead.domain}}" }]
         "the echoed key is scrubbed from the stored answer"
     );
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-    reader.join().expect("reader");
-    let logs: Vec<String> = rx.try_iter().collect();
+    let (_, logs) = serve.stop().await;
     assert!(
         logs.iter().any(|l| l.contains("DEBUG")),
         "debug logs captured"

@@ -1573,3 +1573,68 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// A `puffle serve` process (started by a test with its own flags and environment) whose log
+/// lines on stderr are collected.
+pub struct LoggedServe {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<()>,
+    /// `http://127.0.0.1:<port>`, as the process announced it.
+    pub base: String,
+    /// What it logged before announcing its address.
+    pub startup: Vec<String>,
+}
+
+impl LoggedServe {
+    /// Spawn `command` (a `puffle serve --bind 127.0.0.1:0 …`) with stderr piped and wait until it
+    /// prints the address it listens on.
+    pub fn start(mut command: std::process::Command) -> LoggedServe {
+        use std::io::{BufRead, BufReader};
+        let mut child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("puffle serve starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut startup = Vec::new();
+        let base = loop {
+            let line = lines.recv().expect("serve prints its address");
+            if let Some(url) = line.strip_prefix("Puffle is listening on ") {
+                break url.trim().to_string();
+            }
+            startup.push(line);
+        };
+        LoggedServe {
+            child,
+            lines,
+            reader,
+            base,
+            startup,
+        }
+    }
+
+    /// SIGTERM, wait for the exit; its status and every line logged after startup.
+    pub async fn stop(self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let mut child = self.child;
+        let exit = tokio::task::spawn_blocking(move || child.wait().expect("serve exits"))
+            .await
+            .expect("waiting for serve");
+        self.reader.join().expect("reader");
+        (exit, self.lines.try_iter().collect())
+    }
+}

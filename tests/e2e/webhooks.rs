@@ -3,8 +3,7 @@
 //! retries; deliveries show at `GET /api/enrichment/{id}/webhooks`; the secret shows nowhere
 //! else.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -448,34 +447,17 @@ async fn another_users_run_has_no_deliveries_to_show() {
 async fn the_secret_appears_in_no_log_line_nor_answer() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = format!("pk_live_{}", "cd".repeat(32));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_puffle"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_puffle"));
+    command
         .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
         .current_dir(dir.path())
         .env("PUFFLE_DATABASE_URL", "sqlite://puffle.db")
         .env("PUFFLE_BOOTSTRAP_API_KEY", &key)
         .env("PUFFLE_HTTP_ALLOW_HOSTS", "127.0.0.1")
         .env("PUFFLE_WEBHOOK_RETRY_FIRST_MS", "100")
-        .env("PUFFLE_LOG", "debug,sqlx=warn,hyper=warn,reqwest=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("puffle serve starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let base = loop {
-        let line = rx.recv().expect("serve prints its address");
-        if let Some(url) = line.strip_prefix("Puffle is listening on ") {
-            break url.trim().to_string();
-        }
-    };
+        .env("PUFFLE_LOG", "debug,sqlx=warn,hyper=warn,reqwest=warn");
+    let serve = LoggedServe::start(command);
+    let base = serve.base.clone();
     let client = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
         let mut req = client
@@ -548,17 +530,8 @@ async fn the_secret_appears_in_no_log_line_nor_answer() {
         answers.push(call(reqwest::Method::GET, &path, None).await.1);
     }
     assert_eq!(hook.count(), 3);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().expect("serve exits"))
-        .await
-        .unwrap();
+    let (exit, lines) = serve.stop().await;
     assert!(exit.success(), "{exit:?}");
-    reader.join().expect("reader");
-    let lines: Vec<String> = rx.try_iter().collect();
     assert!(
         lines.iter().any(|l| l.contains("webhook delivered")),
         "the delivery is logged: {lines:#?}"

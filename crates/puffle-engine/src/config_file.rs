@@ -31,17 +31,6 @@ use crate::throttle::ProviderLimits;
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
 /// Slugs a configured enrichment may not take (the hosted slugs it may: it gives them a provider).
 const RESERVED_SLUGS: &[&str] = &["custom_http", "custom_ai"];
-/// Headers the HTTP client sets itself.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -255,7 +244,7 @@ fn provider(
         let written = written.into_inner();
         let field = format!("headers.{header}");
         let name = match HeaderName::from_bytes(header.trim().as_bytes()) {
-            Ok(n) if !RESERVED_HEADERS.contains(&n.as_str()) => n,
+            Ok(n) if !crate::providers::http::RESERVED_HEADERS.contains(&n.as_str()) => n,
             Ok(_) => return err(span, format!("{field}: this header is set by Puffle")),
             Err(_) => return err(span, format!("{field}: not a valid header name")),
         };
