@@ -444,27 +444,14 @@ steps = [{ provider = "echo", path = "/find/{{lead.domain}}" }]
         .env("VENDOR_KEY", SECRET)
         .env("PUFFLE_LOG", "debug,sqlx=warn");
     let serve = LoggedServe::start(command);
-    let base = serve.base.clone();
-    let client = reqwest::Client::new();
-    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut req = client
-            .request(method, format!("{base}{path}"))
-            .bearer_auth(&key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        async move {
-            let r = req.send().await.expect("request");
-            let status = r.status().as_u16();
-            (status, r.text().await.unwrap_or_default())
-        }
-    };
-    let (status, text) = call(
-        reqwest::Method::POST,
-        "/api/leads",
-        Some(json!({"type": "company", "name": "Echo", "domain": "echo.example"})),
-    )
-    .await;
+    let (status, text) = serve
+        .call(
+            &key,
+            reqwest::Method::POST,
+            "/api/leads",
+            Some(json!({"type": "company", "name": "Echo", "domain": "echo.example"})),
+        )
+        .await;
     assert!(status == 200 || status == 201, "{text}");
     let lead: Value = serde_json::from_str(&text).unwrap();
     let lead_id = lead["id"]
@@ -472,13 +459,15 @@ steps = [{ provider = "echo", path = "/find/{{lead.domain}}" }]
         .or(lead["lead"]["id"].as_str())
         .unwrap()
         .to_string();
-    let (status, text) = call(
-        reqwest::Method::POST,
-        "/api/enrichment",
-        Some(json!({"enrichmentId": "echo_lookup",
+    let (status, text) = serve
+        .call(
+            &key,
+            reqwest::Method::POST,
+            "/api/enrichment",
+            Some(json!({"enrichmentId": "echo_lookup",
             "scope": {"type": "explicit_leads", "leadIds": [lead_id]}})),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{text}");
     let run_id = serde_json::from_str::<Value>(&text).unwrap()["runId"]
         .as_str()
@@ -486,27 +475,31 @@ steps = [{ provider = "echo", path = "/find/{{lead.domain}}" }]
         .to_string();
     let mut seen = Vec::new();
     for _ in 0..600 {
-        let (_, run) = call(
-            reqwest::Method::GET,
-            &format!("/api/enrichment/{run_id}"),
-            None,
-        )
-        .await;
+        let (_, run) = serve
+            .call(
+                &key,
+                reqwest::Method::GET,
+                &format!("/api/enrichment/{run_id}"),
+                None,
+            )
+            .await;
         if run.contains("\"status\":\"completed\"") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (status, items) = call(
-        reqwest::Method::GET,
-        &format!("/api/enrichment/{run_id}/items"),
-        None,
-    )
-    .await;
+    let (status, items) = serve
+        .call(
+            &key,
+            reqwest::Method::GET,
+            &format!("/api/enrichment/{run_id}/items"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{items}");
     seen.push(items.clone());
     for path in ["/api/enrichments", &format!("/api/enrichment/{run_id}")] {
-        seen.push(call(reqwest::Method::GET, path, None).await.1);
+        seen.push(serve.call(&key, reqwest::Method::GET, path, None).await.1);
     }
     // The vendor got the key.
     assert_eq!(

@@ -1623,6 +1623,25 @@ impl LoggedServe {
         }
     }
 
+    /// Send `method path` with `key` (and a JSON body); the status and the body's text.
+    pub async fn call(
+        &self,
+        key: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.text().await.expect("body"))
+    }
+
     /// SIGTERM, wait for the exit; its status and every line logged after startup.
     pub async fn stop(self) -> (std::process::ExitStatus, Vec<String>) {
         let status = std::process::Command::new("kill")

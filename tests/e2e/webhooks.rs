@@ -457,22 +457,14 @@ async fn the_secret_appears_in_no_log_line_nor_answer() {
         .env("PUFFLE_WEBHOOK_RETRY_FIRST_MS", "100")
         .env("PUFFLE_LOG", "debug,sqlx=warn,hyper=warn,reqwest=warn");
     let serve = LoggedServe::start(command);
-    let base = serve.base.clone();
-    let client = reqwest::Client::new();
-    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut req = client
-            .request(method, format!("{base}{path}"))
-            .bearer_auth(&key);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        async move {
-            let r = req.send().await.expect("request");
-            let status = r.status().as_u16();
-            (status, r.text().await.expect("body"))
-        }
-    };
-    let (status, text) = call(reqwest::Method::POST, "/api/user/webhook-secret", None).await;
+    let (status, text) = serve
+        .call(
+            &key,
+            reqwest::Method::POST,
+            "/api/user/webhook-secret",
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{text}");
     let secret = serde_json::from_str::<Value>(&text).unwrap()["secret"]
         .as_str()
@@ -487,22 +479,26 @@ async fn the_secret_appears_in_no_log_line_nor_answer() {
         }
     })
     .await;
-    let (status, text) = call(
-        reqwest::Method::POST,
-        "/api/leads",
-        Some(json!({"type": "company", "name": "Logged", "domain": "logged.example"})),
-    )
-    .await;
+    let (status, text) = serve
+        .call(
+            &key,
+            reqwest::Method::POST,
+            "/api/leads",
+            Some(json!({"type": "company", "name": "Logged", "domain": "logged.example"})),
+        )
+        .await;
     assert_eq!(status, 200, "{text}");
     let lead = serde_json::from_str::<Value>(&text).unwrap()["lead"]["id"].clone();
-    let (status, text) = call(
-        reqwest::Method::POST,
-        "/api/enrichment",
-        Some(json!({"enrichmentId": "company_domain",
+    let (status, text) = serve
+        .call(
+            &key,
+            reqwest::Method::POST,
+            "/api/enrichment",
+            Some(json!({"enrichmentId": "company_domain",
                     "scope": {"type": "explicit_leads", "leadIds": [lead]},
                     "webhookUrl": hook.url("/logged")})),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{text}");
     let run = serde_json::from_str::<Value>(&text).unwrap()["runId"]
         .as_str()
@@ -511,12 +507,14 @@ async fn the_secret_appears_in_no_log_line_nor_answer() {
     let mut answers = vec![text];
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, text) = call(
-            reqwest::Method::GET,
-            &format!("/api/enrichment/{run}/webhooks"),
-            None,
-        )
-        .await;
+        let (status, text) = serve
+            .call(
+                &key,
+                reqwest::Method::GET,
+                &format!("/api/enrichment/{run}/webhooks"),
+                None,
+            )
+            .await;
         assert_eq!(status, 200, "{text}");
         let done = text.contains("\"delivered\"");
         answers.push(text);
@@ -527,7 +525,7 @@ async fn the_secret_appears_in_no_log_line_nor_answer() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for path in [format!("/api/enrichment/{run}"), "/api/account".to_string()] {
-        answers.push(call(reqwest::Method::GET, &path, None).await.1);
+        answers.push(serve.call(&key, reqwest::Method::GET, &path, None).await.1);
     }
     assert_eq!(hook.count(), 3);
     let (exit, lines) = serve.stop().await;
