@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use puffle_domain::lead::Lead;
-use puffle_domain::run::{OutputTarget, SkipReason, WritePolicy};
+use puffle_domain::run::{OutputTarget, RunStatus, SkipReason, WritePolicy};
 use puffle_store::{AttributeWrite, ClaimedItem, Finish, FinishOutcome, Run, Store};
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
@@ -22,10 +22,16 @@ use crate::catalog::{Binding, Catalog, Enrichment};
 use crate::executor::{Executor, RunFailure};
 use crate::{EngineConfig, EngineMetrics, Outcome};
 
-/// Most items claimed in one statement.
+/// Most items claimed in one statement for slots.
 const CLAIM_BATCH: usize = 256;
+/// Most items claimed in one statement when the last batch ran inline (built-ins): they need
+/// no slot, so the claim is as large as a write transaction can usefully be.
+const INLINE_CLAIM_BATCH: usize = 1024;
 /// Most outcomes written in one transaction.
-const FINISH_BATCH: usize = 512;
+const FINISH_BATCH: usize = 2048;
+/// How stale a run's status may be when one of its claimed items starts: an item claimed
+/// ahead does not start once its run is cancelled or failed (it is skipped, as if pending).
+const RUN_RECHECK: Duration = Duration::from_millis(100);
 /// How long an idle worker sleeps when nothing wakes it (new runs wake it at once).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -86,6 +92,7 @@ impl WorkerPool {
             worker_id,
             held: Mutex::new(HashSet::new()),
             next_retry_ms: Mutex::new(None),
+            finished: Notify::new(),
             metrics,
         });
         let task = tokio::spawn(run(shared, wake, rx));
@@ -119,6 +126,8 @@ struct Shared {
     /// The earliest time (unix ms) a retry this worker scheduled falls due, so an idle worker
     /// wakes for it instead of waiting for the next poll.
     next_retry_ms: Mutex<Option<i64>>,
+    /// Notified when an item is finished: the claimer may have room to claim again.
+    finished: Notify,
     metrics: Arc<EngineMetrics>,
 }
 
@@ -152,21 +161,79 @@ struct RunSpec {
     enrichment: Option<Enrichment>,
 }
 
-async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
+/// A claimed item with everything it needs to execute.
+struct Prepared {
+    item: ClaimedItem,
+    spec: Arc<RunSpec>,
+    lead: Option<Lead>,
+    membership: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Prepared {
+    /// Built-ins are pure CPU work of microseconds: they run inline, without a task or a slot.
+    fn is_inline(&self) -> bool {
+        self.spec
+            .enrichment
+            .as_ref()
+            .is_some_and(|e| e.binding == Binding::Builtin)
+    }
+}
+
+async fn run(shared: Arc<Shared>, wake: Arc<Notify>, shutdown: watch::Receiver<bool>) {
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Finish>();
     let writer = tokio::spawn(write_outcomes(shared.clone(), done_rx, shutdown.clone()));
     let heartbeat = tokio::spawn(heartbeat(shared.clone()));
+    // The claimer stays ahead of the slots: a slot that frees up starts the next item at once
+    // instead of waiting for a claim's round trip (the claimed items' leases are heartbeated like
+    // the running ones). How far ahead is bounded by `claim_ahead`.
+    let (ready_tx, ready_rx) = mpsc::unbounded_channel::<Vec<Prepared>>();
+    let claimer = tokio::spawn(claim_ahead(
+        shared.clone(),
+        wake,
+        ready_tx,
+        shutdown.clone(),
+    ));
+    start_items(&shared, ready_rx, done_tx, shutdown).await;
+    if let Err(e) = claimer.await {
+        tracing::error!(error = %e, "the claim loop ended abnormally");
+    }
+    if let Err(e) = writer.await {
+        tracing::error!(error = %e, "the outcome writer ended abnormally");
+    }
+    // Whatever is still held was claimed but not finished (or its outcome was not recorded).
+    let unfinished: Vec<String> = shared.held().drain().collect();
+    if !unfinished.is_empty() {
+        tracing::info!(items = unfinished.len(), "handing unfinished items back");
+        release(&shared, &unfinished).await;
+    }
+    heartbeat.abort();
+}
+
+/// Resolves once the pool is shutting down (at once if it already is).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Claim batches of due items and hand them, with their runs and leads, to the slots; rescue
+/// expired leases now and then. Ends at shutdown; a batch not handed over stays held and is
+/// released by [`run`].
+async fn claim_ahead(
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    ready: mpsc::UnboundedSender<Vec<Prepared>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = shared.config.concurrency.max(1);
+    // Items held (claimed, not yet finished) stay within the slots plus half as many waiting for
+    // one; a claim is made once a quarter of the slots' worth is free, so claims stay batched.
+    let ahead = (slots / 2).max(1);
     let rescue_every =
         (shared.config.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
     let mut last_rescue: Option<tokio::time::Instant> = None;
     let mut runs: HashMap<String, Arc<RunSpec>> = HashMap::new();
-    let mut tasks = JoinSet::new();
-    let half_the_slots = (shared.config.concurrency / 2).max(1);
     let mut last_batch_inline = false;
 
     while !*shutdown.borrow() {
-        while tasks.try_join_next().is_some() {}
         if last_rescue.is_none_or(|t| t.elapsed() >= rescue_every) {
             last_rescue = Some(tokio::time::Instant::now());
             match shared.store.rescue_expired(now_ms()).await {
@@ -175,22 +242,27 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
                 Err(e) => tracing::error!(error = %e, "rescuing expired leases failed"),
             }
         }
-        // Claim when half the slots are free, not one slot at a time: one claim per item would
-        // cost a write transaction per item.
-        let free = slots.available_permits();
-        if free < half_the_slots && !tasks.is_empty() {
+        // Built-ins hold no slot and finish within microseconds of being handed over: their
+        // batches are as large as a write transaction can usefully be.
+        let (limit, batch, least) = if last_batch_inline {
+            (
+                2 * INLINE_CLAIM_BATCH,
+                INLINE_CLAIM_BATCH,
+                INLINE_CLAIM_BATCH,
+            )
+        } else {
+            (slots + ahead, CLAIM_BATCH, (ahead / 2).max(1))
+        };
+        let room = limit.saturating_sub(shared.held().len());
+        if room < least {
             tokio::select! {
-                _ = tasks.join_next() => {}
-                _ = shutdown.changed() => {}
+                _ = shared.finished.notified() => {}
+                _ = tokio::time::sleep(rescue_every) => {}
+                _ = stopping(&mut shutdown) => {}
             }
             continue;
         }
-        // Built-ins run inline and hold no slot, so a batch of them may be as large as a claim.
-        let want = if last_batch_inline {
-            CLAIM_BATCH
-        } else {
-            free.min(CLAIM_BATCH)
-        };
+        let want = room.min(batch);
         let now = now_ms();
         let lease_until = now + ms(shared.config.lease);
         let claimed = match shared
@@ -203,7 +275,7 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
                 tracing::error!(error = %e, "claiming items failed; retrying shortly");
                 tokio::select! {
                     _ = tokio::time::sleep(IDLE_POLL) => {}
-                    _ = shutdown.changed() => {}
+                    _ = stopping(&mut shutdown) => {}
                 }
                 continue;
             }
@@ -212,7 +284,7 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(shared.idle_for(now_ms())) => {}
-                _ = shutdown.changed() => {}
+                _ = stopping(&mut shutdown) => {}
             }
             continue;
         }
@@ -229,50 +301,87 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
                 continue;
             }
         };
-        last_batch_inline = true;
-        for item in claimed {
-            let Some(spec) = runs.get(&item.run_id).cloned() else {
-                continue;
+        let batch: Vec<Prepared> = claimed
+            .into_iter()
+            .filter_map(|item| {
+                let spec = runs.get(&item.run_id)?.clone();
+                let lead = context.leads.get(&item.lead_id).cloned();
+                let membership = item
+                    .membership_id
+                    .as_ref()
+                    .and_then(|m| context.memberships.get(m))
+                    .cloned();
+                Some(Prepared {
+                    item,
+                    spec,
+                    lead,
+                    membership,
+                })
+            })
+            .collect();
+        last_batch_inline = batch.iter().all(Prepared::is_inline);
+        if ready.send(batch).is_err() {
+            break;
+        }
+    }
+}
+
+/// Start the prepared items as slots free up (built-ins inline), until shutdown; then give
+/// the items in flight the grace period.
+async fn start_items(
+    shared: &Arc<Shared>,
+    mut ready: mpsc::UnboundedReceiver<Vec<Prepared>>,
+    done_tx: mpsc::UnboundedSender<Finish>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut stopped_runs = StoppedRuns::default();
+    'batches: loop {
+        while tasks.try_join_next().is_some() {}
+        let batch = tokio::select! {
+            batch = ready.recv() => match batch {
+                Some(batch) => batch,
+                None => break,
+            },
+            _ = stopping(&mut shutdown) => break,
+        };
+        for prepared in batch {
+            if *shutdown.borrow() {
+                break 'batches;
+            }
+            let permit = if prepared.is_inline() {
+                None
+            } else {
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => Some(permit),
+                        Err(_) => break 'batches,
+                    },
+                    _ = stopping(&mut shutdown) => break 'batches,
+                }
             };
-            let lead = context.leads.get(&item.lead_id).cloned();
-            let membership = item
-                .membership_id
-                .as_ref()
-                .and_then(|m| context.memberships.get(m))
-                .cloned();
-            // Built-ins are pure CPU work of microseconds: run them here, without a task.
-            if spec
-                .enrichment
-                .as_ref()
-                .is_some_and(|e| e.binding == Binding::Builtin)
-            {
-                let id = item.id.clone();
-                let finish = execute_item(&shared, &spec, item, lead, membership).await;
-                count_outcome(&shared, &finish);
-                let _ = done_tx.send(finish);
-                shared.held().remove(&id);
+            // The item may have waited for its slot: look at its run again before starting.
+            if let Some(reason) = stopped_runs.check(shared, &prepared.spec.run.id).await {
+                hand_over(shared, &done_tx, not_started(prepared.item, reason));
                 continue;
             }
-            last_batch_inline = false;
-            let permit = match slots.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => break,
+            let Some(permit) = permit else {
+                let finish = execute_prepared(shared, prepared).await;
+                hand_over(shared, &done_tx, finish);
+                continue;
             };
             let shared = shared.clone();
             let done = done_tx.clone();
             tasks.spawn(async move {
-                let id = item.id.clone();
-                let finish = execute_item(&shared, &spec, item, lead, membership).await;
-                count_outcome(&shared, &finish);
-                // Hand over before forgetting it, so shutdown never releases a finished item.
-                let _ = done.send(finish);
-                shared.held().remove(&id);
+                let finish = execute_prepared(&shared, prepared).await;
+                hand_over(&shared, &done, finish);
                 drop(permit);
             });
         }
     }
 
-    // Shutdown: nothing new is claimed; in-flight items get the grace period.
+    // Shutdown: nothing new starts; in-flight items get the grace period.
     let grace = shared.config.shutdown_grace;
     let drained =
         tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
@@ -280,16 +389,60 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, mut shutdown: watch::Receiv
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
-    drop(done_tx);
-    if let Err(e) = writer.await {
-        tracing::error!(error = %e, "the outcome writer ended abnormally");
+}
+
+/// The status of the runs whose items are starting, read again when older than [`RUN_RECHECK`].
+#[derive(Default)]
+struct StoppedRuns {
+    checked: HashMap<String, (tokio::time::Instant, Option<SkipReason>)>,
+}
+
+impl StoppedRuns {
+    /// Why items of `run_id` must not start any more, if they must not.
+    async fn check(&mut self, shared: &Shared, run_id: &str) -> Option<SkipReason> {
+        if let Some((at, stopped)) = self.checked.get(run_id) {
+            if stopped.is_some() || at.elapsed() < RUN_RECHECK {
+                return *stopped;
+            }
+        }
+        if self.checked.len() > 1024 {
+            self.checked.clear();
+        }
+        // A run that cannot be read is not held back: its items run as claimed.
+        let stopped = match shared.store.run_for_worker(run_id).await {
+            Ok(run) if run.status == RunStatus::Cancelled => Some(SkipReason::RunCancelled),
+            Ok(run) if run.status == RunStatus::Failed => Some(SkipReason::RunFailed),
+            _ => None,
+        };
+        self.checked
+            .insert(run_id.to_string(), (tokio::time::Instant::now(), stopped));
+        stopped
     }
-    let unfinished: Vec<String> = shared.held().drain().collect();
-    if !unfinished.is_empty() {
-        tracing::info!(items = unfinished.len(), "handing unfinished items back");
-        release(&shared, &unfinished).await;
+}
+
+/// The outcome of a claimed item that did not start: skipped, no attempt, no snapshot.
+fn not_started(item: ClaimedItem, reason: SkipReason) -> Finish {
+    Finish {
+        item_id: item.id,
+        lease_token: item.lease_token,
+        run_id: item.run_id,
+        outcome: FinishOutcome::Skipped(reason),
+        executed: false,
+        input_snapshot: None,
+        lead_snapshot: None,
+        raw_result: None,
+        provider: None,
     }
-    heartbeat.abort();
+}
+
+async fn execute_prepared(shared: &Shared, prepared: Prepared) -> Finish {
+    let Prepared {
+        item,
+        spec,
+        lead,
+        membership,
+    } = prepared;
+    execute_item(shared, &spec, item, lead, membership).await
 }
 
 async fn release(shared: &Shared, ids: &[String]) {
@@ -370,7 +523,7 @@ async fn execute_item(
         return finish(FinishOutcome::Skipped(SkipReason::LeadDeleted), false);
     };
     // The item has started: whatever happens now, it shows the lead as the enrichment saw it.
-    let lead_snapshot = serde_json::to_value(&lead).ok();
+    let lead_snapshot = serde_json::to_string(&lead).ok();
     let skip = |reason| Finish {
         lead_snapshot: lead_snapshot.clone(),
         ..finish(FinishOutcome::Skipped(reason), false)
@@ -492,6 +645,16 @@ async fn execute_item(
         provider: Some(execution.provider),
         ..finish(outcome, executed)
     }
+}
+
+/// Count an item's outcome and give it to the writer; forget the item only then, so shutdown
+/// never releases an item whose outcome is on its way.
+fn hand_over(shared: &Shared, done: &mpsc::UnboundedSender<Finish>, finish: Finish) {
+    count_outcome(shared, &finish);
+    let id = finish.item_id.clone();
+    let _ = done.send(finish);
+    shared.held().remove(&id);
+    shared.finished.notify_one();
 }
 
 fn count_outcome(shared: &Shared, finish: &Finish) {

@@ -178,7 +178,8 @@ pub struct Finish {
     /// The enrichment was executed (counts as an attempt).
     pub executed: bool,
     pub input_snapshot: Option<Value>,
-    pub lead_snapshot: Option<Value>,
+    /// The lead as JSON text: serialized once, straight from the lead, since it is only stored.
+    pub lead_snapshot: Option<String>,
     pub raw_result: Option<Value>,
     pub provider: Option<String>,
 }

@@ -326,7 +326,7 @@ impl FinishRow {
             error,
             attempts: i64::from(f.executed),
             input_snapshot: to_text(&f.input_snapshot),
-            lead_snapshot: to_text(&f.lead_snapshot),
+            lead_snapshot: f.lead_snapshot,
             raw_result: to_text(&f.raw_result),
             provider: f.provider,
             due_at,

@@ -124,8 +124,8 @@ async fn skip_items(
     Ok(done.rows_affected() as i64)
 }
 
-/// Write results onto leads' (or memberships') attributes: one read and one multi-row update
-/// per table. Several results for one lead in a batch apply in order.
+/// Write results onto leads' (or memberships') attributes: one multi-row update per table.
+/// Several results for one lead in a batch apply in order.
 async fn write_attributes(
     conn: &mut SqliteConnection,
     writes: Vec<AttributeWrite>,
@@ -142,61 +142,59 @@ async fn write_attributes(
     merge_attributes_into(conn, "memberships", membership_writes.collect(), None).await
 }
 
-/// Set `key = value` in the `attributes` of rows of `table` (`leads` or `memberships`). Rows that
-/// no longer exist (deleted meanwhile) are left alone.
+/// Set `key = value` in the `attributes` of rows of `table` (`leads` or `memberships`) with
+/// `json_set`, so the rows are not read back into the process. Rows that no longer exist
+/// (deleted meanwhile) are left alone. A row written more than once goes through one statement
+/// per write, in order: one `UPDATE … FROM` applies a single match per row.
 async fn merge_attributes_into(
     conn: &mut SqliteConnection,
     table: &str,
     writes: Vec<(String, String, Value)>,
     touch: Option<&str>,
 ) -> Result<()> {
-    if writes.is_empty() {
-        return Ok(());
-    }
-    let mut merged: HashMap<String, Map<String, Value>> = HashMap::new();
-    let ids: Vec<String> = writes
-        .iter()
-        .map(|(id, _, _)| id.clone())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    for chunk in ids.chunks(INSERT_CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT id, attributes FROM {table} WHERE id IN ("
-        ));
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_bind(id.clone());
-        }
-        q.push(")");
-        for row in q.build().fetch_all(&mut *conn).await? {
-            let text: String = row.try_get(1)?;
-            merged.insert(row.try_get(0)?, serde_json::from_str(&text)?);
-        }
-    }
+    let mut rounds: Vec<Vec<(String, String, String)>> = Vec::new();
+    let mut writes_of: HashMap<String, usize> = HashMap::new();
     for (id, key, value) in writes {
-        if let Some(attributes) = merged.get_mut(&id) {
-            attributes.insert(key, value);
+        let round = writes_of.entry(id.clone()).or_default();
+        if rounds.len() == *round {
+            rounds.push(Vec::new());
         }
+        rounds[*round].push((id, json_label_path(&key), value.to_string()));
+        *round += 1;
     }
-    let rows: Vec<(String, String)> = merged
-        .into_iter()
-        .map(|(id, attrs)| Ok((id, serde_json::to_string(&attrs)?)))
-        .collect::<Result<_>>()?;
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        let mut q =
-            QueryBuilder::<Sqlite>::new(format!("UPDATE {table} SET attributes = v.column2"));
-        if let Some(now) = touch {
-            q.push(", updated_at = ").push_bind(now.to_string());
+    for round in rounds {
+        for chunk in round.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(format!(
+                "UPDATE {table} SET attributes = json_set(attributes, v.column2, json(v.column3))"
+            ));
+            if let Some(now) = touch {
+                q.push(", updated_at = ").push_bind(now.to_string());
+            }
+            q.push(" FROM (");
+            q.push_values(chunk, |mut b, (id, path, value)| {
+                b.push_bind(id).push_bind(path).push_bind(value);
+            });
+            q.push(format!(") AS v WHERE {table}.id = v.column1"));
+            q.build().execute(&mut *conn).await?;
         }
-        q.push(" FROM (");
-        q.push_values(chunk, |mut b, (id, attrs)| {
-            b.push_bind(id).push_bind(attrs);
-        });
-        q.push(format!(") AS v WHERE {table}.id = v.column1"));
-        q.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// The SQLite JSON path of one top-level object key, whatever characters the key holds: the
+/// label is quoted, and written as a JSON string body in which `"` (which would end the quoted
+/// label) and `\` are `\u` escapes; SQLite compares labels unescaped.
+fn json_label_path(key: &str) -> String {
+    let mut path = String::with_capacity(key.len() + 4);
+    path.push_str("$.\"");
+    for c in key.chars() {
+        match c {
+            '"' | '\\' | '\u{0}'..='\u{1f}' => path.push_str(&format!("\\u{:04x}", c as u32)),
+            c => path.push(c),
+        }
+    }
+    path.push('"');
+    path
 }
 
 /// One finish, ready to bind.
@@ -290,7 +288,7 @@ impl FinishRow {
             error,
             attempts: i64::from(f.executed),
             input_snapshot: to_text(&f.input_snapshot),
-            lead_snapshot: to_text(&f.lead_snapshot),
+            lead_snapshot: f.lead_snapshot,
             raw_result: to_text(&f.raw_result),
             provider: f.provider,
             due_at,
@@ -1009,5 +1007,92 @@ impl RunStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+
+    /// The attributes of `id` as stored, parsed.
+    async fn attributes(conn: &mut SqliteConnection, id: &str) -> Value {
+        let text: String = sqlx::query_scalar("SELECT attributes FROM leads WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn attribute_writes_keep_other_keys_apply_in_order_and_take_any_key() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        sqlx::query("CREATE TABLE leads (id TEXT PRIMARY KEY, attributes TEXT, updated_at TEXT)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO leads VALUES ('l1', '{\"kept\":[1,null]}', 'then'), ('l2', '{}', 'then')",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let odd_keys = [
+            "say \"hi\"",
+            "back\\slash",
+            "a.b[0]",
+            "tab\there",
+            "$",
+            "ünï😀",
+            "",
+        ];
+        let mut writes = vec![
+            ("l1".to_string(), "k".to_string(), json!(1)),
+            ("l2".to_string(), "k".to_string(), json!({"nested": null})),
+            ("gone".to_string(), "k".to_string(), json!(0)),
+            ("l1".to_string(), "k".to_string(), json!("last wins")),
+        ];
+        for (i, key) in odd_keys.iter().enumerate() {
+            writes.push(("l2".to_string(), key.to_string(), json!(i)));
+        }
+        merge_attributes_into(&mut conn, "leads", writes, Some("now"))
+            .await
+            .unwrap();
+        // A second write to an odd key replaces its value instead of adding a second label.
+        let again = odd_keys
+            .iter()
+            .map(|k| ("l2".to_string(), k.to_string(), json!(format!("again {k}"))))
+            .collect();
+        merge_attributes_into(&mut conn, "leads", again, None)
+            .await
+            .unwrap();
+
+        assert_eq!(
+            attributes(&mut conn, "l1").await,
+            json!({"kept": [1, null], "k": "last wins"})
+        );
+        let l2 = attributes(&mut conn, "l2").await;
+        assert_eq!(l2["k"], json!({"nested": null}));
+        for key in odd_keys {
+            assert_eq!(l2[key], json!(format!("again {key}")), "{key:?} in {l2}");
+        }
+        let labels: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM leads, json_each(leads.attributes) WHERE leads.id = 'l2'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            labels as usize,
+            odd_keys.len() + 1,
+            "one label per key: {l2}"
+        );
+        let touched: String = sqlx::query_scalar("SELECT updated_at FROM leads WHERE id = 'l1'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(touched, "now");
     }
 }
