@@ -22,13 +22,10 @@ use crate::catalog::{Binding, Catalog, Enrichment};
 use crate::executor::{Executor, RunFailure};
 use crate::{EngineConfig, EngineMetrics, Outcome};
 
-/// Most items claimed in one statement for slots.
+/// Most items claimed in one statement (larger batches measured no faster).
 const CLAIM_BATCH: usize = 256;
-/// Most items claimed in one statement when the last batch ran inline (built-ins): they need
-/// no slot, so the claim is as large as a write transaction can usefully be.
-const INLINE_CLAIM_BATCH: usize = 1024;
 /// Most outcomes written in one transaction.
-const FINISH_BATCH: usize = 2048;
+const FINISH_BATCH: usize = 512;
 /// How stale a run's status may be when one of its claimed items starts: an item claimed
 /// ahead does not start once its run is cancelled or failed (it is skipped, as if pending).
 const RUN_RECHECK: Duration = Duration::from_millis(100);
@@ -224,9 +221,10 @@ async fn claim_ahead(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = shared.config.concurrency.max(1);
-    // Items held (claimed, not yet finished) stay within the slots plus half as many waiting for
-    // one; a claim is made once a quarter of the slots' worth is free, so claims stay batched.
-    let ahead = (slots / 2).max(1);
+    // Items held (claimed, not yet finished) stay within twice the slots: as many again wait for
+    // one, enough to cover a claim's round trip; a claim is made once a quarter of the slots'
+    // worth is free, so claims stay batched.
+    let ahead = slots;
     let rescue_every =
         (shared.config.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
     let mut last_rescue: Option<tokio::time::Instant> = None;
@@ -242,16 +240,12 @@ async fn claim_ahead(
                 Err(e) => tracing::error!(error = %e, "rescuing expired leases failed"),
             }
         }
-        // Built-ins hold no slot and finish within microseconds of being handed over: their
-        // batches are as large as a write transaction can usefully be.
-        let (limit, batch, least) = if last_batch_inline {
-            (
-                2 * INLINE_CLAIM_BATCH,
-                INLINE_CLAIM_BATCH,
-                INLINE_CLAIM_BATCH,
-            )
+        // Built-ins hold no slot and finish within microseconds of being handed over: one batch
+        // of them waits while another executes.
+        let (limit, least) = if last_batch_inline {
+            (2 * CLAIM_BATCH, CLAIM_BATCH)
         } else {
-            (slots + ahead, CLAIM_BATCH, (ahead / 2).max(1))
+            (slots + ahead, (slots / 4).max(1))
         };
         let room = limit.saturating_sub(shared.held().len());
         if room < least {
@@ -262,7 +256,7 @@ async fn claim_ahead(
             }
             continue;
         }
-        let want = room.min(batch);
+        let want = room.min(CLAIM_BATCH);
         let now = now_ms();
         let lease_until = now + ms(shared.config.lease);
         let claimed = match shared

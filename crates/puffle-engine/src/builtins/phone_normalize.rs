@@ -65,6 +65,9 @@ fn normalize(raw: &str, region: Option<Id>) -> Value {
     // The crate has panicked on odd input before (e.g. its issues #32 and #43, since fixed):
     // a panic here must not take the worker down, so it counts as "does not parse". This
     // relies on the workspace building with `panic = "unwind"` (the default).
+    // A number in international form carries its country: read it without the lead's region,
+    // which the crate would otherwise let change it (it reads "+39010000" as "+3910000" in DE).
+    let region = region.filter(|_| !raw.trim_start().starts_with('+'));
     let parsed = (raw.len() <= MAX_PHONE_LEN)
         .then(|| {
             panic::catch_unwind(|| {
@@ -274,6 +277,20 @@ mod tests {
             );
         }
         assert!(COUNTRY_NAMES.len() > 200);
+    }
+
+    /// Found by `normalizing_is_idempotent`: an Italian-plan number keeps its leading zero in
+    /// E.164, and reading that E.164 form with another region must not drop it.
+    #[test]
+    fn an_international_number_ignores_the_region() {
+        let v = normalize("010000", Id::from_str("VA").ok());
+        assert_eq!(v["e164"], "+39010000");
+        for region in ["DE", "US", "VA", "IT"] {
+            assert_eq!(
+                normalize("+39010000", Id::from_str(region).ok())["e164"],
+                v["e164"]
+            );
+        }
     }
 
     proptest! {

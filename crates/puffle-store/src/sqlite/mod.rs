@@ -31,9 +31,6 @@ mod runs;
 mod throttle;
 mod webhooks;
 
-/// The writer's page cache: 32 MiB (a negative `cache_size` is in KiB).
-const WRITER_CACHE_SIZE: &str = "-32768";
-
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
@@ -47,11 +44,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        // The one writer touches the hot pages of every table (items, runs, leads) in each
-        // transaction; SQLite's default cache of 2 MiB would reread them from the OS each time.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone().pragma("cache_size", WRITER_CACHE_SIZE))
+            .connect_with(options.clone())
             .await?;
         // An in-memory database lives in one connection: readers must share it.
         let read = if url.contains(":memory:") {
