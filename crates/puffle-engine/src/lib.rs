@@ -5,6 +5,7 @@
 
 pub mod builtins;
 pub mod catalog;
+mod clock;
 mod config;
 pub mod config_file;
 mod executor;

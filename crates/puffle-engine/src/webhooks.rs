@@ -13,7 +13,7 @@
 //! signs with the owner's secret of that moment, so a rotation applies to pending retries too.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use puffle_store::{AttemptOutcome, ClaimedDelivery, Delivery, DeliveryAttempt, Store, StoreError};
@@ -24,6 +24,7 @@ use sha2::Sha256;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::clock::{ms, now_ms};
 use crate::providers::http::{GuardedClient, HttpPolicy, PostFailure};
 use crate::run_view::run_json;
 use crate::EngineConfig;
@@ -136,16 +137,6 @@ pub fn backoff(first: Duration, max: Duration, attempts: i64) -> Duration {
         .unwrap_or(u32::MAX)
         .min(30);
     first.saturating_mul(1u32 << doublings).min(max.max(first))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The delivery loop of one worker pool: runs until `shutdown` turns true, then lets the

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use puffle_domain::lead::Lead;
 use puffle_domain::run::{OutputTarget, RunStatus, SkipReason, WritePolicy};
@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::catalog::{Binding, Catalog, Enrichment};
+use crate::clock::{ms, now_ms};
 use crate::executor::{Executor, RunFailure};
 use crate::{EngineConfig, EngineMetrics, Outcome};
 
@@ -31,16 +32,6 @@ const FINISH_BATCH: usize = 512;
 const RUN_RECHECK: Duration = Duration::from_millis(100);
 /// How long an idle worker sleeps when nothing wakes it (new runs wake it at once).
 const IDLE_POLL: Duration = Duration::from_secs(1);
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 /// A running worker pool; dropping it does not stop it, [`WorkerPool::shutdown`] does.
 pub struct WorkerPool {

@@ -7,7 +7,6 @@
 //! like a sync step's (`miss_when`, `result_pointer`).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use puffle_store::Submission;
 use serde_json::{json, Value};
@@ -19,6 +18,7 @@ use super::configured::{
 use super::miss;
 use super::waterfall::conclude;
 use super::Execution;
+use crate::clock::{ms, now_ms};
 use crate::template::{self, Context};
 use crate::throttle::Throttles;
 use crate::Outcome;
@@ -70,15 +70,7 @@ impl Call<'_> {
         let (outcome, answer) =
             send(self.client, self.throttles, self.provider, step, request).await;
         let secrets = self.provider.secrets();
-        let outcome = match outcome {
-            StepOutcome::Hit(v) => StepOutcome::Hit(secrets.scrub(v)),
-            StepOutcome::Retry { after, message } => StepOutcome::Retry {
-                after,
-                message: secrets.scrub_text(&message),
-            },
-            StepOutcome::Fail(m) => StepOutcome::Fail(secrets.scrub_text(&m)),
-            other => other,
-        };
+        let outcome = secrets.scrub_outcome(outcome);
         (outcome, shown, answer.map(|a| secrets.scrub(a)))
     }
 
@@ -189,14 +181,4 @@ fn job_id(value: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -8,13 +8,14 @@
 //! entry). Hits and misses are cached; failures and retryable answers are not.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use puffle_store::Store;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::configured::{BuiltRequest, ProviderConfig, Step, StepOutcome};
+use crate::clock::now_ms;
 
 /// How often expired entries are deleted (by whichever process puts an entry after this long).
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -24,12 +25,6 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 pub struct ResultCache {
     store: Arc<dyn Store>,
     last_prune: Arc<Mutex<Option<Instant>>>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn hex(bytes: &[u8]) -> String {

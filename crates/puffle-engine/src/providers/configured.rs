@@ -174,6 +174,19 @@ impl Secrets {
         out
     }
 
+    /// A step's outcome with every secret value replaced in its result and messages.
+    pub fn scrub_outcome(&self, outcome: StepOutcome) -> StepOutcome {
+        match outcome {
+            StepOutcome::Hit(v) => StepOutcome::Hit(self.scrub(v)),
+            StepOutcome::Retry { after, message } => StepOutcome::Retry {
+                after,
+                message: self.scrub_text(&message),
+            },
+            StepOutcome::Fail(m) => StepOutcome::Fail(self.scrub_text(&m)),
+            other => other,
+        }
+    }
+
     /// `value` with every secret value replaced in its strings and keys.
     pub fn scrub(&self, value: Value) -> Value {
         if self.0.iter().all(|s| s.len() < Self::MIN_LEN) {

@@ -132,15 +132,7 @@ impl Configured {
         }
         let (outcome, answer) = send(&self.client, &self.throttles, provider, step, request).await;
         let answer = answer.map(|a| secrets.scrub(a));
-        let outcome = match outcome {
-            StepOutcome::Hit(v) => StepOutcome::Hit(secrets.scrub(v)),
-            StepOutcome::Retry { after, message } => StepOutcome::Retry {
-                after,
-                message: secrets.scrub_text(&message),
-            },
-            StepOutcome::Fail(m) => StepOutcome::Fail(secrets.scrub_text(&m)),
-            other => other,
-        };
+        let outcome = secrets.scrub_outcome(outcome);
         if let (Some(cache), Some(key), Some(ttl)) = (&self.cache, &key, provider.cache_ttl) {
             cache
                 .put(key, &provider.name, &outcome, answer.as_ref(), ttl)
