@@ -1,8 +1,6 @@
 //! Issue 7: request ids on every response and log line, metrics of requests, items, providers
 //! and the queue, JSON logs without secrets.
 
-use std::process::Command;
-
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -175,13 +173,8 @@ async fn the_queue_gauges_count_waiting_items() {
 async fn json_logs_carry_request_ids_and_no_keys() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = format!("pk_live_{}", "ab".repeat(32));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_puffle"));
-    command
-        .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
-        .current_dir(dir.path())
-        .env("PUFFLE_DATABASE_URL", "sqlite://puffle.db")
-        .env("PUFFLE_BOOTSTRAP_API_KEY", &key)
-        .env("PUFFLE_LOG", "debug,sqlx=warn,hyper=warn,reqwest=warn");
+    let mut command = LoggedServe::command(dir.path(), &key);
+    command.args(["--log-format", "json"]);
     let serve = LoggedServe::start(command);
     let base = serve.base.clone();
     let operator_lines = serve.startup.clone();

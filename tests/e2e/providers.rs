@@ -434,13 +434,11 @@ steps = [{ provider = "echo", path = "/find/{{lead.domain}}" }]
     )
     .unwrap();
     let key = format!("pk_live_{}", "cd".repeat(32));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_puffle"));
+    let mut command = LoggedServe::command(dir.path(), &key);
+    // hyper's and reqwest's debug lines too: none may carry the vendor key.
     command
-        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+        .arg("--config")
         .arg(&config)
-        .current_dir(dir.path())
-        .env("PUFFLE_DATABASE_URL", "sqlite://puffle.db")
-        .env("PUFFLE_BOOTSTRAP_API_KEY", &key)
         .env("VENDOR_KEY", SECRET)
         .env("PUFFLE_LOG", "debug,sqlx=warn");
     let serve = LoggedServe::start(command);

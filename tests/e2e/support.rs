@@ -1587,6 +1587,19 @@ pub struct LoggedServe {
 }
 
 impl LoggedServe {
+    /// `puffle serve` on a free port with debug logs, a fresh SQLite database in `dir` and `key`
+    /// as its bootstrap key: the command the log-reading tests add their own settings to.
+    pub fn command(dir: &std::path::Path, key: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_puffle"));
+        command
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .current_dir(dir)
+            .env("PUFFLE_DATABASE_URL", "sqlite://puffle.db")
+            .env("PUFFLE_BOOTSTRAP_API_KEY", key)
+            .env("PUFFLE_LOG", "debug,sqlx=warn,hyper=warn,reqwest=warn");
+        command
+    }
+
     /// Spawn `command` (a `puffle serve --bind 127.0.0.1:0 …`) with stderr piped and wait until it
     /// prints the address it listens on.
     pub fn start(mut command: std::process::Command) -> LoggedServe {

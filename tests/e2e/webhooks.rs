@@ -3,7 +3,6 @@
 //! retries; deliveries show at `GET /api/enrichment/{id}/webhooks`; the secret shows nowhere
 //! else.
 
-use std::process::Command;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -447,15 +446,11 @@ async fn another_users_run_has_no_deliveries_to_show() {
 async fn the_secret_appears_in_no_log_line_nor_answer() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = format!("pk_live_{}", "cd".repeat(32));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_puffle"));
+    let mut command = LoggedServe::command(dir.path(), &key);
     command
-        .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
-        .current_dir(dir.path())
-        .env("PUFFLE_DATABASE_URL", "sqlite://puffle.db")
-        .env("PUFFLE_BOOTSTRAP_API_KEY", &key)
+        .args(["--log-format", "json"])
         .env("PUFFLE_HTTP_ALLOW_HOSTS", "127.0.0.1")
-        .env("PUFFLE_WEBHOOK_RETRY_FIRST_MS", "100")
-        .env("PUFFLE_LOG", "debug,sqlx=warn,hyper=warn,reqwest=warn");
+        .env("PUFFLE_WEBHOOK_RETRY_FIRST_MS", "100");
     let serve = LoggedServe::start(command);
     let (status, text) = serve
         .call(
