@@ -1551,6 +1551,15 @@ async fn cancel_a_running_run() {
         r["scope"]["counts"]["running"].as_i64() >= Some(1)
     })
     .await;
+    // `running` counts items claimed ahead too: cancel once the provider has a call in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while p.count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no provider call started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let r = cancel(&app, &id).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_keys(&r.body, &["run"]);
