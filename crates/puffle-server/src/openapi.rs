@@ -16,6 +16,14 @@ mod tests {
                 ops.values().any(|op| op["responses"]["200"].is_object()),
                 "{path} documents no successful answer"
             );
+            // Every URL passes the `%00` check (routes::reject_nul_in_url), so every operation
+            // can answer 400.
+            for (method, op) in ops.iter().filter(|(key, _)| *key != "parameters") {
+                assert!(
+                    op["responses"]["400"].is_object(),
+                    "{method} {path} does not document its 400"
+                );
+            }
         }
         assert!(paths.contains_key("/api/leads") && paths.contains_key("/api/lists/{id}/leads"));
     }
