@@ -20,6 +20,25 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// The first 28 characters of a fresh UUIDv7 (its timestamp and 42 of its random bits), for a
+/// database to mint many ids in one statement: the prefix followed by a counter of 8 lowercase
+/// hex digits ([`sequenced_id`]), the fixed-length counter of RFC 9562 §6.2. Ids of one prefix
+/// sort in counter order; prefixes of different calls differ in their timestamp or random bits.
+pub fn id_prefix() -> String {
+    let mut id = new_id();
+    id.truncate(ID_PREFIX_LEN);
+    id
+}
+
+/// Length of an [`id_prefix`]; the 8 characters after it are the counter.
+pub const ID_PREFIX_LEN: usize = 28;
+
+/// The id numbered `n` (1 up to `u32::MAX`) under `prefix`, as a database writes it with
+/// `printf('%s%08x', prefix, n)`.
+pub fn sequenced_id(prefix: &str, n: u32) -> String {
+    format!("{prefix}{n:08x}")
+}
+
 /// True when `s` is a lowercase hyphenated UUID, the only id shape we mint.
 pub fn is_id(s: &str) -> bool {
     s.len() == 36 && uuid::Uuid::try_parse(s).is_ok_and(|u| u.hyphenated().to_string() == s)
@@ -122,6 +141,21 @@ mod tests {
         assert!(a < b, "{a} should sort before {b}");
         assert!(!is_id("not-an-id"));
         assert!(!is_id(&a.to_uppercase()));
+    }
+
+    #[test]
+    fn sequenced_ids_are_uuid_v7_in_counter_order() {
+        let prefix = id_prefix();
+        let ids: Vec<String> = [1, 2, 0xff, 0x100, u32::MAX]
+            .into_iter()
+            .map(|n| sequenced_id(&prefix, n))
+            .collect();
+        for id in &ids {
+            assert!(is_id(id), "{id}");
+            assert_eq!(uuid::Uuid::parse_str(id).map(|u| u.get_version_num()), Ok(7));
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert_ne!(id_prefix(), prefix);
     }
 
     #[test]

@@ -36,6 +36,7 @@ async fn conformance(store: &dyn Store) {
     leads_dedupe_and_stay_in_their_workspace(store).await;
     list_membership_respects_lead_type(store).await;
     nul_characters_are_stored_not_fatal(store).await;
+    list_runs_take_members_in_lead_order(store).await;
     runs::runs_claim_finish_and_count(store).await;
     provider_cache_expires(store).await;
     webhooks_are_queued_claimed_and_recorded(store).await;
@@ -92,7 +93,7 @@ async fn webhooks_are_queued_claimed_and_recorded(store: &dyn Store) {
         .await
         .unwrap();
     let targets = store
-        .resolve_targets(&ws, Some(&[l.id]), None)
+        .resolve_targets(&ws, &[l.id], None)
         .await
         .unwrap();
     let (cancelled, _) = store
@@ -318,6 +319,73 @@ async fn list_membership_respects_lead_type(store: &dyn Store) {
     assert_eq!(page.total, 0);
 }
 
+/// A run over a whole list gets one item per member, numbered in lead-id order; a list that lost
+/// members since it was counted refuses the run and leaves nothing behind.
+async fn list_runs_take_members_in_lead_order(store: &dyn Store) {
+    use crate::{ItemQuery, Targets, SCOPE_CHANGED};
+    let caller = store.authenticate(&key(3)).await.unwrap().unwrap();
+    let (ws, user) = (caller.user.workspace_id.clone(), caller.user.id.clone());
+    let mut lead_ids = Vec::new();
+    for i in 0..5 {
+        let domain = format!("member{i}.io");
+        let (l, _) = store
+            .create_lead(&ws, lead(json!({"type": "company", "domain": domain})))
+            .await
+            .unwrap();
+        lead_ids.push(l.id);
+    }
+    let list = NewList {
+        name: "Members".into(),
+        description: None,
+        lead_type: ListLeadType::Company,
+        lead_ids: lead_ids.iter().rev().cloned().collect(),
+    };
+    let list = store.create_list(&ws, list).await.unwrap();
+    let over = |count: usize, key: &str| crate::NewRun {
+        targets: Targets::ListMembers {
+            list_id: list.id.clone(),
+            count,
+        },
+        list_id: Some(list.id.clone()),
+        ..sample_run(&ws, &user, vec![], Some(key))
+    };
+    let all = ItemQuery {
+        limit: 10,
+        ..ItemQuery::default()
+    };
+
+    let (run, _) = store.create_run(over(5, "members-all")).await.unwrap();
+    assert_eq!((run.resolved_count, run.counts.pending), (5, 5));
+    let (items, more) = store.items(&run.id, &all).await.unwrap();
+    assert!(!more);
+    let leads: Vec<&str> = items.iter().map(|i| i.lead_id.as_str()).collect();
+    lead_ids.sort();
+    assert_eq!(leads, lead_ids);
+    for item in &items {
+        assert!(puffle_domain::is_id(&item.id), "{}", item.id);
+        assert_eq!(item.list_id.as_deref(), Some(list.id.as_str()));
+        assert!(item.membership_id.is_some());
+    }
+    assert!(items.windows(2).all(|w| w[0].id < w[1].id));
+
+    let (first, _) = store.create_run(over(2, "members-first")).await.unwrap();
+    let (items, _) = store.items(&first.id, &all).await.unwrap();
+    let leads: Vec<&str> = items.iter().map(|i| i.lead_id.as_str()).collect();
+    assert_eq!(leads, lead_ids[..2]);
+
+    let gone = store.create_run(over(6, "members-gone")).await;
+    assert!(
+        matches!(gone, Err(StoreError::StateConflict { reason, .. }) if reason == SCOPE_CHANGED),
+        "{gone:?}"
+    );
+    let left = store.run_by_idempotency_key(&user, "members-gone").await;
+    assert!(matches!(left, Ok(None)), "{left:?}");
+    // Out of the way of the queue checks that follow.
+    for id in [run.id, first.id] {
+        store.cancel_run(&ws, &user, &id).await.unwrap();
+    }
+}
+
 /// PostgreSQL `text` cannot hold NUL; a lead naming one must still be stored and listed.
 async fn nul_characters_are_stored_not_fatal(store: &dyn Store) {
     let ws = workspace_of(store, 3).await;
@@ -444,7 +512,7 @@ pub(crate) fn sample_run(
         scope_type: "explicit_leads".into(),
         list_id: None,
         scope_requested: serde_json::json!({}),
-        targets,
+        targets: crate::Targets::Leads(targets),
         output_target: OutputTarget::Lead,
         attribute_key: "company_domain".into(),
         write_policy: WritePolicy::Overwrite,
@@ -505,7 +573,7 @@ mod runs {
                 .unwrap();
             ids.push(l.id);
         }
-        let targets = store.resolve_targets(&ws, Some(&ids), None).await.unwrap();
+        let targets = store.resolve_targets(&ws, &ids, None).await.unwrap();
         assert_eq!(targets.len(), 3);
         let before = store.balance(&ws).await.unwrap();
         let too_much = new_run(&ws, &caller.user.id, targets.clone(), before + 1);

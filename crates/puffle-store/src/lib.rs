@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 pub use keys::hash_key;
 pub use runs::{
     AttributeWrite, ClaimedItem, Finish, FinishOutcome, Item, ItemQuery, ItemTarget, NewRun,
-    QueueStats, Run, RunStore, Submission, TOO_MANY_ACTIVE_RUNS,
+    QueueStats, Run, RunStore, Submission, Targets, SCOPE_CHANGED, TOO_MANY_ACTIVE_RUNS,
 };
 pub use throttle::{SlotLimits, Take, ThrottleStore};
 pub use webhooks::{

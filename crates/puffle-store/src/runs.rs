@@ -18,6 +18,44 @@ pub struct ItemTarget {
     pub membership_id: Option<String>,
 }
 
+/// The leads a new run takes, one item each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// These leads, resolved beforehand (explicit lead ids, a filtered list).
+    Leads(Vec<ItemTarget>),
+    /// The first `count` members of `list_id` in lead-id order, read by the statement that
+    /// inserts the items: a list of a million members never passes through memory. Fewer members
+    /// than `count` by then (removed meanwhile) refuse the run with [`SCOPE_CHANGED`].
+    ListMembers { list_id: String, count: usize },
+}
+
+impl Targets {
+    /// How many items the run gets.
+    pub fn len(&self) -> usize {
+        match self {
+            Targets::Leads(leads) => leads.len(),
+            Targets::ListMembers { count, .. } => *count,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The `reason` of a run refused because its list lost members while the run was created.
+pub const SCOPE_CHANGED: &str = "scope_changed";
+
+/// The refusal of a run whose list lost members between counting and inserting.
+pub(crate) fn scope_changed() -> crate::StoreError {
+    crate::StoreError::StateConflict {
+        reason: SCOPE_CHANGED,
+        message: "members left the list while the run was being created; send the request \
+                  again"
+            .into(),
+    }
+}
+
 /// A run to create, fully validated and resolved.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -30,7 +68,7 @@ pub struct NewRun {
     pub scope_type: String,
     pub list_id: Option<String>,
     pub scope_requested: Value,
-    pub targets: Vec<ItemTarget>,
+    pub targets: Targets,
     pub output_target: OutputTarget,
     pub attribute_key: String,
     pub write_policy: WritePolicy,
@@ -228,13 +266,13 @@ pub struct QueueStats {
 pub trait RunStore: Send + Sync {
     /// The run an earlier request of this user created with `key`, if any.
     async fn run_by_idempotency_key(&self, user_id: &str, key: &str) -> Result<Option<Run>>;
-    /// Resolve a scope: `lead_ids` (each must exist; with `list_id`, each must be a member), or
-    /// every member of `list_id` in lead-id order. Unknown ids are `Invalid` naming
-    /// `scope.leadIds[i]`; an unknown list is `Invalid` naming `scope.listId`.
+    /// Resolve explicit `lead_ids` (each must exist; with `list_id`, each must be a member).
+    /// Unknown ids are `Invalid` naming `scope.leadIds[i]`; an unknown list is `Invalid` naming
+    /// `scope.listId`.
     async fn resolve_targets(
         &self,
         workspace: &str,
-        lead_ids: Option<&[String]>,
+        lead_ids: &[String],
         list_id: Option<&str>,
     ) -> Result<Vec<ItemTarget>>;
     /// Charge, create the run and its items, in one transaction. Returns the run and whether it

@@ -7,7 +7,7 @@ use puffle_domain::is_id;
 use puffle_domain::run::{Filter, ItemStatus, OutputTarget, RunMode, Scope, WritePolicy};
 use puffle_engine::catalog::Enrichment;
 use puffle_engine::run_view::run_json;
-use puffle_store::{Item, ItemQuery, ItemTarget, NewRun, Run};
+use puffle_store::{Item, ItemQuery, ItemTarget, NewRun, Run, Targets};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -246,11 +246,20 @@ async fn create_run(
         None => enrichment.default_output_attribute_key.clone(),
     };
 
-    let mut targets = resolve_scope(&state, auth.workspace(), &scope).await?;
     let mode = request.mode.unwrap_or(RunMode::Persisted);
-    if mode == RunMode::Preview {
-        targets.truncate(PREVIEW_LEADS);
-    }
+    let targets = match resolve_scope(&state, auth.workspace(), &scope).await? {
+        Targets::Leads(mut leads) if mode == RunMode::Preview => {
+            leads.truncate(PREVIEW_LEADS);
+            Targets::Leads(leads)
+        }
+        Targets::ListMembers { list_id, count } if mode == RunMode::Preview => {
+            Targets::ListMembers {
+                list_id,
+                count: count.min(PREVIEW_LEADS),
+            }
+        }
+        targets => targets,
+    };
     let max_items = state.config.max_items_per_run;
     if targets.len() > max_items {
         return Err(ApiError::invalid(
@@ -301,12 +310,9 @@ async fn create_run(
     Ok(created_response(&run, reused))
 }
 
-/// The leads a scope names at this moment, with their memberships where a list is involved.
-async fn resolve_scope(
-    state: &AppState,
-    workspace: &str,
-    scope: &Scope,
-) -> ApiResult<Vec<ItemTarget>> {
+/// The leads a scope names at this moment, with their memberships where a list is involved. A
+/// whole list is only counted here: the store reads its members as it inserts the items.
+async fn resolve_scope(state: &AppState, workspace: &str, scope: &Scope) -> ApiResult<Targets> {
     match scope {
         Scope::ExplicitLeads { lead_ids, list_id } => {
             let max = state.config.max_items_per_run.min(MAX_EXPLICIT_LEADS);
@@ -316,21 +322,29 @@ async fn resolve_scope(
                     format!("may name at most {max} leads"),
                 ));
             }
-            Ok(state
-                .store
-                .resolve_targets(workspace, Some(lead_ids), list_id.as_deref())
-                .await?)
+            Ok(Targets::Leads(
+                state
+                    .store
+                    .resolve_targets(workspace, lead_ids, list_id.as_deref())
+                    .await?,
+            ))
         }
-        Scope::List { list_id } => Ok(state
-            .store
-            .resolve_targets(workspace, None, Some(list_id))
-            .await?),
+        Scope::List { list_id } => {
+            let list = state.store.lists(workspace, Some(list_id)).await?;
+            let list = list
+                .first()
+                .ok_or_else(|| ApiError::invalid("scope.listId", "no list with this id"))?;
+            Ok(Targets::ListMembers {
+                list_id: list_id.clone(),
+                count: usize::try_from(list.lead_count).unwrap_or(0),
+            })
+        }
         Scope::FilteredList { list_id, filter } => {
             filter.validate()?;
             // Fails with the right error when the list is unknown.
             state
                 .store
-                .resolve_targets(workspace, Some(&[]), Some(list_id))
+                .resolve_targets(workspace, &[], Some(list_id))
                 .await?;
             let limit = filter.limit.map_or(usize::MAX, |l| l as usize);
             let mut targets = Vec::new();
@@ -354,7 +368,7 @@ async fn resolve_scope(
                     _ => break,
                 }
             }
-            Ok(targets)
+            Ok(Targets::Leads(targets))
         }
     }
 }

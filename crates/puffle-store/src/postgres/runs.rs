@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use puffle_domain::lead::Lead;
 use puffle_domain::run::{ItemStatus, OutputTarget, RunStatus, SkipReason};
-use puffle_domain::{new_id, now_timestamp, Invalid};
+use puffle_domain::{id_prefix, new_id, now_timestamp, Invalid};
 use serde_json::{json, Map, Value};
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
@@ -613,15 +613,39 @@ async fn charge(conn: &mut PgConnection, run: &NewRun, run_id: &str) -> Result<(
     Ok(())
 }
 
-/// One pending item per target, a chunk of rows per statement (arrays, not one bound value per
-/// column per row: a 100,000-lead run is a few statements).
+/// One pending item per target, in target order. Resolved leads go a chunk of rows per
+/// statement (arrays, not one bound value per column per row); a whole list goes in one
+/// `INSERT … SELECT`, its ids minted in the statement: one prefix, numbered in lead-id order.
 async fn insert_items(
     conn: &mut PgConnection,
     run_id: &str,
-    targets: &[ItemTarget],
+    targets: &Targets,
     now: &str,
 ) -> Result<()> {
-    for chunk in targets.chunks(INSERT_CHUNK) {
+    let leads = match targets {
+        Targets::Leads(leads) => leads,
+        Targets::ListMembers { list_id, count } => {
+            let inserted = sqlx::query(
+                "INSERT INTO enrichment_items (id, run_id, lead_id, list_id, membership_id, \
+                 status, created_at, updated_at) \
+                 SELECT $1 || lpad(to_hex(row_number() OVER (ORDER BY lead_id)), 8, '0'), $2, \
+                   lead_id, list_id, id, 'pending', $3, $3 \
+                 FROM memberships WHERE list_id = $4 ORDER BY lead_id LIMIT $5",
+            )
+            .bind(id_prefix())
+            .bind(run_id)
+            .bind(now)
+            .bind(list_id)
+            .bind(*count as i64)
+            .execute(&mut *conn)
+            .await?;
+            if inserted.rows_affected() != *count as u64 {
+                return Err(scope_changed());
+            }
+            return Ok(());
+        }
+    };
+    for chunk in leads.chunks(INSERT_CHUNK) {
         let ids: Vec<String> = chunk.iter().map(|_| new_id()).collect();
         let leads: Vec<&str> = chunk.iter().map(|t| t.lead_id.as_str()).collect();
         let lists: Vec<Option<&str>> = chunk.iter().map(|t| t.list_id.as_deref()).collect();
@@ -918,7 +942,7 @@ impl RunStore for PgStore {
     async fn resolve_targets(
         &self,
         workspace: &str,
-        lead_ids: Option<&[String]>,
+        lead_ids: &[String],
         list_id: Option<&str>,
     ) -> Result<Vec<ItemTarget>> {
         let mut conn = self.pool.acquire().await?;
@@ -932,26 +956,7 @@ impl RunStore for PgStore {
                     other => other,
                 })?;
         }
-        if let Some(ids) = lead_ids {
-            return resolve_lead_ids(&mut conn, workspace, ids, list_id).await;
-        }
-        let Some(list) = list_id else {
-            return Ok(Vec::new());
-        };
-        let rows =
-            sqlx::query("SELECT lead_id, id FROM memberships WHERE list_id = $1 ORDER BY lead_id")
-                .bind(list)
-                .fetch_all(&mut *conn)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ItemTarget {
-                    lead_id: r.try_get(0)?,
-                    list_id: Some(list.to_string()),
-                    membership_id: Some(r.try_get(1)?),
-                })
-            })
-            .collect()
+        resolve_lead_ids(&mut conn, workspace, lead_ids, list_id).await
     }
 
     async fn create_run(&self, run: NewRun) -> Result<(Run, bool)> {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use puffle_domain::lead::Lead;
 use puffle_domain::run::{ItemStatus, OutputTarget, RunStatus, SkipReason};
-use puffle_domain::{new_id, now_timestamp, Invalid};
+use puffle_domain::{id_prefix, new_id, now_timestamp, Invalid};
 use serde_json::{json, Map, Value};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -15,6 +15,57 @@ use super::{add_credits, attach_lists, ensure_list, SqliteStore};
 use crate::rows::{decode_err, item_from, lead_from, run_from, to_text, ITEM_COLUMNS, RUN_COLUMNS};
 use crate::runs::*;
 use crate::{Result, StoreError};
+
+/// Insert a new run's items, `pending`, in target order.
+async fn insert_items(
+    conn: &mut SqliteConnection,
+    run_id: &str,
+    targets: &Targets,
+    now: &str,
+) -> Result<()> {
+    match targets {
+        Targets::Leads(leads) => {
+            for chunk in leads.chunks(INSERT_CHUNK) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO enrichment_items (id, run_id, lead_id, list_id, membership_id, \
+                     status, created_at, updated_at) ",
+                );
+                q.push_values(chunk, |mut b, t| {
+                    b.push_bind(new_id())
+                        .push_bind(run_id)
+                        .push_bind(&t.lead_id)
+                        .push_bind(&t.list_id)
+                        .push_bind(&t.membership_id)
+                        .push_bind("pending")
+                        .push_bind(now)
+                        .push_bind(now);
+                });
+                q.build().execute(&mut *conn).await?;
+            }
+        }
+        Targets::ListMembers { list_id, count } => {
+            // Ids minted in the statement: one prefix, numbered in lead-id order.
+            let inserted = sqlx::query(
+                "INSERT INTO enrichment_items (id, run_id, lead_id, list_id, membership_id, \
+                 status, created_at, updated_at) \
+                 SELECT printf('%s%08x', ?1, row_number() OVER (ORDER BY lead_id)), ?2, lead_id, \
+                   list_id, id, 'pending', ?3, ?3 \
+                 FROM memberships WHERE list_id = ?4 ORDER BY lead_id LIMIT ?5",
+            )
+            .bind(id_prefix())
+            .bind(run_id)
+            .bind(now)
+            .bind(list_id)
+            .bind(*count as i64)
+            .execute(&mut *conn)
+            .await?;
+            if inserted.rows_affected() != *count as u64 {
+                return Err(scope_changed());
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Rows per multi-row INSERT of items (7 bound values each, far below SQLite's limit).
 const INSERT_CHUNK: usize = 1000;
@@ -372,7 +423,7 @@ impl RunStore for SqliteStore {
     async fn resolve_targets(
         &self,
         workspace: &str,
-        lead_ids: Option<&[String]>,
+        ids: &[String],
         list_id: Option<&str>,
     ) -> Result<Vec<ItemTarget>> {
         let mut conn = self.read.acquire().await?;
@@ -386,27 +437,6 @@ impl RunStore for SqliteStore {
                     other => other,
                 })?;
         }
-        let Some(ids) = lead_ids else {
-            let Some(list) = list_id else {
-                return Ok(Vec::new());
-            };
-            let rows = sqlx::query(
-                "SELECT lead_id, id FROM memberships WHERE list_id = ? ORDER BY lead_id",
-            )
-            .bind(list)
-            .fetch_all(&mut *conn)
-            .await?;
-            return rows
-                .iter()
-                .map(|r| {
-                    Ok(ItemTarget {
-                        lead_id: r.try_get(0)?,
-                        list_id: Some(list.to_string()),
-                        membership_id: Some(r.try_get(1)?),
-                    })
-                })
-                .collect();
-        };
         let mut targets = Vec::with_capacity(ids.len());
         let mut seen = std::collections::HashSet::new();
         for (i, id) in ids.iter().enumerate() {
@@ -537,23 +567,7 @@ impl RunStore for SqliteStore {
             )
             .await?;
         }
-        for chunk in run.targets.chunks(INSERT_CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO enrichment_items (id, run_id, lead_id, list_id, membership_id, \
-                 status, created_at, updated_at) ",
-            );
-            q.push_values(chunk, |mut b, t| {
-                b.push_bind(new_id())
-                    .push_bind(&id)
-                    .push_bind(&t.lead_id)
-                    .push_bind(&t.list_id)
-                    .push_bind(&t.membership_id)
-                    .push_bind("pending")
-                    .push_bind(&now)
-                    .push_bind(&now);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
+        insert_items(&mut tx, &id, &run.targets, &now).await?;
         if let Some(url) = &run.webhook_url {
             super::webhooks::attach(&mut tx, &id, url).await?;
         }
