@@ -152,7 +152,10 @@ mod tests {
             .collect();
         for id in &ids {
             assert!(is_id(id), "{id}");
-            assert_eq!(uuid::Uuid::parse_str(id).map(|u| u.get_version_num()), Ok(7));
+            assert_eq!(
+                uuid::Uuid::parse_str(id).map(|u| u.get_version_num()),
+                Ok(7)
+            );
         }
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
         assert_ne!(id_prefix(), prefix);

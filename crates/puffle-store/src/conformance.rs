@@ -92,10 +92,7 @@ async fn webhooks_are_queued_claimed_and_recorded(store: &dyn Store) {
         .create_lead(&ws, lead(json!({"type": "company", "domain": "hooked.io"})))
         .await
         .unwrap();
-    let targets = store
-        .resolve_targets(&ws, &[l.id], None)
-        .await
-        .unwrap();
+    let targets = store.resolve_targets(&ws, &[l.id], None).await.unwrap();
     let (cancelled, _) = store
         .create_run(hooked(targets, "wh-cancel"))
         .await

@@ -75,7 +75,7 @@ async fn attach_lists(conn: &mut SqliteConnection, leads: &mut [Lead]) -> Result
         sep.push_bind(lead.id.clone());
     }
     q.push(") ORDER BY l.is_all DESC, l.id");
-    let rows = q.build().fetch_all(&mut *conn).await?;
+    let rows = q.build().persistent(false).fetch_all(&mut *conn).await?;
     for row in rows {
         let lead_id: String = row.try_get(0)?;
         if let Some(lead) = leads.iter_mut().find(|l| l.id == lead_id) {

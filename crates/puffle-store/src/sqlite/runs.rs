@@ -40,7 +40,7 @@ async fn insert_items(
                         .push_bind(now)
                         .push_bind(now);
                 });
-                q.build().execute(&mut *conn).await?;
+                q.build().persistent(false).execute(&mut *conn).await?;
             }
         }
         Targets::ListMembers { list_id, count } => {
@@ -66,6 +66,10 @@ async fn insert_items(
     }
     Ok(())
 }
+
+// Statements whose length follows the batch are built with `persistent(false)`: the
+// per-connection statement cache would keep one prepared statement per batch size seen, large
+// ones hundreds of KiB each, and the server's memory would grow with every new size.
 
 /// Rows per multi-row INSERT of items (7 bound values each, far below SQLite's limit).
 const INSERT_CHUNK: usize = 1000;
@@ -226,7 +230,7 @@ async fn merge_attributes_into(
                 b.push_bind(id).push_bind(path).push_bind(value);
             });
             q.push(format!(") AS v WHERE {table}.id = v.column1"));
-            q.build().execute(&mut *conn).await?;
+            q.build().persistent(false).execute(&mut *conn).await?;
         }
     }
     Ok(())
@@ -768,7 +772,7 @@ impl RunStore for SqliteStore {
             sep.push_bind(id.clone());
         }
         q.push(")");
-        let rows = q.build().fetch_all(&mut *conn).await?;
+        let rows = q.build().persistent(false).fetch_all(&mut *conn).await?;
         let mut leads = rows.iter().map(lead_from).collect::<Result<Vec<_>>>()?;
         attach_lists(&mut conn, &mut leads).await?;
         Ok(leads)
@@ -787,7 +791,7 @@ impl RunStore for SqliteStore {
                 sep.push_bind(id.clone());
             }
             q.push(")");
-            for row in q.build().fetch_all(&self.read).await? {
+            for row in q.build().persistent(false).fetch_all(&self.read).await? {
                 let text: String = row.try_get(1)?;
                 out.insert(row.try_get(0)?, serde_json::from_str(&text)?);
             }
@@ -810,7 +814,7 @@ impl RunStore for SqliteStore {
                 sep.push_bind(id.to_string());
             }
             q.push(")");
-            for row in q.build().fetch_all(&mut *tx).await? {
+            for row in q.build().persistent(false).fetch_all(&mut *tx).await? {
                 run_status.insert(row.try_get(0)?, row.try_get(1)?);
             }
         }
@@ -861,7 +865,7 @@ impl RunStore for SqliteStore {
             )
             .push_bind(worker)
             .push(" AND enrichment_items.lease_token = v.column13 RETURNING enrichment_items.id");
-            for row in q.build().fetch_all(&mut *tx).await? {
+            for row in q.build().persistent(false).fetch_all(&mut *tx).await? {
                 recorded.insert(row.try_get(0)?);
             }
         }
