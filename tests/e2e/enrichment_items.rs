@@ -436,6 +436,10 @@ async fn a_lead_deleted_before_its_item_runs_is_skipped_and_snapshots_survive_de
     assert_eq!(gone["status"], "skipped", "{gone}");
     assert_eq!(gone["skippedReason"], "lead_deleted");
     assert_eq!(gone["attempts"], 0);
+    // It never started: no snapshot, and no start time either.
+    assert_eq!(gone["metadata"]["leadSnapshot"], Value::Null, "{gone}");
+    assert_eq!(gone["timing"]["startedAt"], Value::Null, "{gone}");
+    assert!(gone["timing"]["completedAt"].is_string(), "{gone}");
 
     // Deleting a lead after its item ran keeps the item and its snapshot.
     let r = app.delete("/api/leads", json!({"id": leads[1]})).await;

@@ -1600,6 +1600,9 @@ async fn cancel_a_running_run() {
     for item in &skipped {
         assert_eq!(item["skippedReason"], "run_cancelled", "{item}");
         assert_eq!(item["attempts"], 0, "{item}");
+        // Claimed ahead or not, a skipped item never started.
+        assert_eq!(item["metadata"]["leadSnapshot"], Value::Null, "{item}");
+        assert_eq!(item["timing"]["startedAt"], Value::Null, "{item}");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(

@@ -400,6 +400,8 @@ async fn record_finishes(
          skipped_reason = v.skipped, error = v.error, attempts = e.attempts + v.attempts, \
          input_snapshot = coalesce(v.input_snapshot, e.input_snapshot), \
          lead_snapshot = coalesce(v.lead_snapshot, e.lead_snapshot), raw_result = v.raw_result, \
+         started_at = CASE WHEN coalesce(v.lead_snapshot, e.lead_snapshot) IS NULL THEN NULL \
+             ELSE e.started_at END, \
          provider = coalesce(v.provider, e.provider), due_at = coalesce(v.due_at, e.due_at), \
          completed_at = v.completed_at, updated_at = $14, \
          provider_submission_id = coalesce(v.submission_id, e.provider_submission_id), \

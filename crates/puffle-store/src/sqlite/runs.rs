@@ -830,6 +830,8 @@ impl RunStore for SqliteStore {
                  skipped_reason = v.column4, error = v.column5, attempts = attempts + v.column6, \
                  input_snapshot = coalesce(v.column7, input_snapshot), \
                  lead_snapshot = coalesce(v.column8, lead_snapshot), raw_result = v.column9, \
+                 started_at = CASE WHEN coalesce(v.column8, lead_snapshot) IS NULL THEN NULL \
+                   ELSE started_at END, \
                  provider = coalesce(v.column10, provider), due_at = coalesce(v.column11, due_at), \
                  completed_at = v.column12, \
                  provider_submission_id = coalesce(v.column14, provider_submission_id), \
