@@ -647,8 +647,23 @@ mod runs {
                     },
                 )
             })
-            .collect();
-        assert_eq!(store.finish_items("w1", mine, 2_000).await.unwrap(), 2);
+            .collect::<Vec<Finish>>();
+        // In one batch, an item under another lease token is left alone, the rest recorded.
+        let mut batch = mine;
+        let second = batch.pop().unwrap();
+        batch.push(Finish {
+            lease_token: "not-the-claim".into(),
+            ..second.clone()
+        });
+        assert_eq!(store.finish_items("w1", batch, 2_000).await.unwrap(), 1);
+        assert_eq!(
+            store.run_for_worker(&run.id).await.unwrap().counts.running,
+            2
+        );
+        assert_eq!(
+            store.finish_items("w1", vec![second], 2_000).await.unwrap(),
+            1
+        );
         // The third item's lease expires: it is rescued, then finished by its new holder.
         assert_eq!(store.rescue_expired(100_000).await.unwrap(), 1);
         let again = store.claim_items("w3", 10, 100_000, 160_000).await.unwrap();

@@ -71,6 +71,62 @@ async fn insert_items(
 // per-connection statement cache would keep one prepared statement per batch size seen, large
 // ones hundreds of KiB each, and the server's memory would grow with every new size.
 
+/// The UPDATE recording `chunk`'s outcomes, each only if `worker` still holds the item under the
+/// lease it was claimed with; `returning`: answer the ids of the items recorded.
+fn finish_update<'a>(
+    chunk: &'a [FinishRow],
+    worker: &'a str,
+    now: &'a str,
+    returning: bool,
+) -> QueryBuilder<'a, Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "UPDATE enrichment_items SET status = v.column2, result = v.column3, \
+         skipped_reason = v.column4, error = v.column5, attempts = attempts + v.column6, \
+         input_snapshot = coalesce(v.column7, input_snapshot), \
+         lead_snapshot = coalesce(v.column8, lead_snapshot), raw_result = v.column9, \
+         started_at = CASE WHEN coalesce(v.column8, lead_snapshot) IS NULL THEN NULL \
+           ELSE started_at END, \
+         provider = coalesce(v.column10, provider), due_at = coalesce(v.column11, due_at), \
+         completed_at = v.column12, \
+         provider_submission_id = coalesce(v.column14, provider_submission_id), \
+         provider_submitted_at = coalesce(v.column15, provider_submitted_at), \
+         provider_callback = CASE WHEN v.column16 THEN NULL ELSE provider_callback END, \
+         updated_at = ",
+    );
+    q.push_bind(now)
+        .push(", lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL FROM (");
+    q.push_values(chunk, |mut b, r| {
+        b.push_bind(&r.item_id)
+            .push_bind(r.status.as_str())
+            .push_bind(&r.result)
+            .push_bind(r.skipped.map(SkipReason::as_str))
+            .push_bind(&r.error)
+            .push_bind(r.attempts)
+            .push_bind(&r.input_snapshot)
+            .push_bind(&r.lead_snapshot)
+            .push_bind(&r.raw_result)
+            .push_bind(&r.provider)
+            .push_bind(r.due_at)
+            .push_bind(&r.completed_at)
+            .push_bind(&r.lease_token)
+            .push_bind(&r.submission_id)
+            .push_bind(r.submitted_at)
+            .push_bind(r.clear_callback);
+    });
+    // Only items this worker still holds: a lost lease means the current holder decides.
+    q.push(
+        ") AS v WHERE enrichment_items.id = v.column1 \
+         AND enrichment_items.status = 'running' \
+         AND enrichment_items.lease_owner = ",
+    )
+    .push_bind(worker)
+    .push(" AND enrichment_items.lease_token = v.column13");
+    if returning {
+        q.push(" RETURNING enrichment_items.id");
+    }
+    q
+}
+
 /// Rows per multi-row INSERT of items (7 bound values each, far below SQLite's limit).
 const INSERT_CHUNK: usize = 1000;
 /// Finishes per multi-row UPDATE (13 bound values each).
@@ -825,48 +881,22 @@ impl RunStore for SqliteStore {
 
         let mut recorded: HashSet<String> = HashSet::new();
         for chunk in rows.chunks(FINISH_CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "UPDATE enrichment_items SET status = v.column2, result = v.column3, \
-                 skipped_reason = v.column4, error = v.column5, attempts = attempts + v.column6, \
-                 input_snapshot = coalesce(v.column7, input_snapshot), \
-                 lead_snapshot = coalesce(v.column8, lead_snapshot), raw_result = v.column9, \
-                 started_at = CASE WHEN coalesce(v.column8, lead_snapshot) IS NULL THEN NULL \
-                   ELSE started_at END, \
-                 provider = coalesce(v.column10, provider), due_at = coalesce(v.column11, due_at), \
-                 completed_at = v.column12, \
-                 provider_submission_id = coalesce(v.column14, provider_submission_id), \
-                 provider_submitted_at = coalesce(v.column15, provider_submitted_at), \
-                 provider_callback = CASE WHEN v.column16 THEN NULL ELSE provider_callback END, \
-                 updated_at = ",
-            );
-            q.push_bind(&now)
-                .push(", lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL FROM (");
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(&r.item_id)
-                    .push_bind(r.status.as_str())
-                    .push_bind(&r.result)
-                    .push_bind(r.skipped.map(SkipReason::as_str))
-                    .push_bind(&r.error)
-                    .push_bind(r.attempts)
-                    .push_bind(&r.input_snapshot)
-                    .push_bind(&r.lead_snapshot)
-                    .push_bind(&r.raw_result)
-                    .push_bind(&r.provider)
-                    .push_bind(r.due_at)
-                    .push_bind(&r.completed_at)
-                    .push_bind(&r.lease_token)
-                    .push_bind(&r.submission_id)
-                    .push_bind(r.submitted_at)
-                    .push_bind(r.clear_callback);
-            });
-            // Only items this worker still holds: a lost lease means the current holder decides.
-            q.push(
-                ") AS v WHERE enrichment_items.id = v.column1 \
-                 AND enrichment_items.status = 'running' \
-                 AND enrichment_items.lease_owner = ",
-            )
-            .push_bind(worker)
-            .push(" AND enrichment_items.lease_token = v.column13 RETURNING enrichment_items.id");
+            // Every item recorded is the common case, told by the count alone: no row per item
+            // crosses from the database thread. Otherwise the chunk is undone and recorded again
+            // naming the items that were.
+            let mut attempt = sqlx::Connection::begin(&mut *tx).await?;
+            let done = finish_update(chunk, worker, &now, false)
+                .build()
+                .persistent(false)
+                .execute(&mut *attempt)
+                .await?;
+            if done.rows_affected() == chunk.len() as u64 {
+                attempt.commit().await?;
+                recorded.extend(chunk.iter().map(|r| r.item_id.clone()));
+                continue;
+            }
+            attempt.rollback().await?;
+            let mut q = finish_update(chunk, worker, &now, true);
             for row in q.build().persistent(false).fetch_all(&mut *tx).await? {
                 recorded.insert(row.try_get(0)?);
             }
