@@ -45,8 +45,11 @@ pub struct ServeArgs {
     /// Most lead ids one membership request may name.
     #[arg(long, env = "PUFFLE_MAX_IDS_PER_REQUEST", default_value_t = 1000)]
     pub max_ids_per_request: usize,
-    /// Most items one enrichment run may have.
-    #[arg(long, env = "PUFFLE_MAX_ITEMS_PER_RUN", default_value_t = 1_000_000)]
+    /// Most items one enrichment run may have (at most 4294967295: a run numbers its items in
+    /// 32 bits).
+    #[arg(long, env = "PUFFLE_MAX_ITEMS_PER_RUN", default_value_t = 1_000_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+              .range(..=u64::from(u32::MAX)))]
     pub max_items_per_run: usize,
     /// Most enrichment runs one workspace may have pending or running at once (0: no limit).
     #[arg(long, env = "PUFFLE_MAX_ACTIVE_RUNS", default_value_t = 100)]

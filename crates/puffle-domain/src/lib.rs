@@ -22,21 +22,13 @@ pub fn new_id() -> String {
 
 /// The first 28 characters of a fresh UUIDv7 (its timestamp and 42 of its random bits), for a
 /// database to mint many ids in one statement: the prefix followed by a counter of 8 lowercase
-/// hex digits ([`sequenced_id`]), the fixed-length counter of RFC 9562 §6.2. Ids of one prefix
-/// sort in counter order; prefixes of different calls differ in their timestamp or random bits.
+/// hex digits (`printf('%s%08x', prefix, n)`, n from 1 to `u32::MAX`), the fixed-length counter
+/// of RFC 9562 §6.2. Ids of one prefix sort in counter order; prefixes of different calls differ
+/// in their timestamp or random bits.
 pub fn id_prefix() -> String {
     let mut id = new_id();
-    id.truncate(ID_PREFIX_LEN);
+    id.truncate(28);
     id
-}
-
-/// Length of an [`id_prefix`]; the 8 characters after it are the counter.
-pub const ID_PREFIX_LEN: usize = 28;
-
-/// The id numbered `n` (1 up to `u32::MAX`) under `prefix`, as a database writes it with
-/// `printf('%s%08x', prefix, n)`.
-pub fn sequenced_id(prefix: &str, n: u32) -> String {
-    format!("{prefix}{n:08x}")
 }
 
 /// True when `s` is a lowercase hyphenated UUID, the only id shape we mint.
@@ -148,7 +140,7 @@ mod tests {
         let prefix = id_prefix();
         let ids: Vec<String> = [1, 2, 0xff, 0x100, u32::MAX]
             .into_iter()
-            .map(|n| sequenced_id(&prefix, n))
+            .map(|n: u32| format!("{prefix}{n:08x}"))
             .collect();
         for id in &ids {
             assert!(is_id(id), "{id}");

@@ -41,19 +41,31 @@ impl Targets {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keep only the first `n` leads (a preview's).
+    pub fn truncate(&mut self, n: usize) {
+        match self {
+            Targets::Leads(leads) => leads.truncate(n),
+            Targets::ListMembers { count, .. } => *count = (*count).min(n),
+        }
+    }
 }
 
 /// The `reason` of a run refused because its list lost members while the run was created.
 pub const SCOPE_CHANGED: &str = "scope_changed";
 
-/// The refusal of a run whose list lost members between counting and inserting.
-pub(crate) fn scope_changed() -> crate::StoreError {
-    crate::StoreError::StateConflict {
+/// After inserting a [`Targets::ListMembers`] run's items: `inserted` short of `count` means
+/// members left the list after it was counted, and the run is refused with [`SCOPE_CHANGED`].
+pub(crate) fn all_members_inserted(count: usize, inserted: u64) -> crate::Result<()> {
+    if inserted == count as u64 {
+        return Ok(());
+    }
+    Err(crate::StoreError::StateConflict {
         reason: SCOPE_CHANGED,
         message: "members left the list while the run was being created; send the request \
                   again"
             .into(),
-    }
+    })
 }
 
 /// A run to create, fully validated and resolved.

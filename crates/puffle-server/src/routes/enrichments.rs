@@ -247,19 +247,10 @@ async fn create_run(
     };
 
     let mode = request.mode.unwrap_or(RunMode::Persisted);
-    let targets = match resolve_scope(&state, auth.workspace(), &scope).await? {
-        Targets::Leads(mut leads) if mode == RunMode::Preview => {
-            leads.truncate(PREVIEW_LEADS);
-            Targets::Leads(leads)
-        }
-        Targets::ListMembers { list_id, count } if mode == RunMode::Preview => {
-            Targets::ListMembers {
-                list_id,
-                count: count.min(PREVIEW_LEADS),
-            }
-        }
-        targets => targets,
-    };
+    let mut targets = resolve_scope(&state, auth.workspace(), &scope).await?;
+    if mode == RunMode::Preview {
+        targets.truncate(PREVIEW_LEADS);
+    }
     let max_items = state.config.max_items_per_run;
     if targets.len() > max_items {
         return Err(ApiError::invalid(

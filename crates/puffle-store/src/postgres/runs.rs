@@ -641,9 +641,7 @@ async fn insert_items(
             .bind(*count as i64)
             .execute(&mut *conn)
             .await?;
-            if inserted.rows_affected() != *count as u64 {
-                return Err(scope_changed());
-            }
+            all_members_inserted(*count, inserted.rows_affected())?;
             return Ok(());
         }
     };
