@@ -30,6 +30,8 @@ const FINISH_BATCH: usize = 512;
 /// How stale a run's status may be when one of its claimed items starts: an item claimed
 /// ahead does not start once its run is cancelled or failed (it is skipped, as if pending).
 const RUN_RECHECK: Duration = Duration::from_millis(100);
+/// Claimed batches whose leads load at once: loading one overlaps claiming the next.
+const LOADS_IN_FLIGHT: usize = 2;
 /// How long an idle worker sleeps when nothing wakes it (new runs wake it at once).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -157,11 +159,11 @@ struct Prepared {
     membership: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-impl Prepared {
-    /// Built-ins are pure CPU work of microseconds: they run inline, without a task or a slot.
+impl RunSpec {
+    /// Built-ins are pure CPU work of microseconds: their items run inline, without a task or
+    /// a slot.
     fn is_inline(&self) -> bool {
-        self.spec
-            .enrichment
+        self.enrichment
             .as_ref()
             .is_some_and(|e| e.binding == Binding::Builtin)
     }
@@ -221,6 +223,7 @@ async fn claim_ahead(
     let mut last_rescue: Option<tokio::time::Instant> = None;
     let mut runs: HashMap<String, Arc<RunSpec>> = HashMap::new();
     let mut last_batch_inline = false;
+    let mut loads = JoinSet::new();
 
     while !*shutdown.borrow() {
         if last_rescue.is_none_or(|t| t.elapsed() >= rescue_every) {
@@ -277,38 +280,80 @@ async fn claim_ahead(
         if runs.len() > 1024 {
             runs.clear();
         }
-        let context = match load_context(&shared, &claimed, &mut runs).await {
-            Ok(context) => context,
-            Err(e) => {
-                tracing::error!(error = %e, "loading claimed items' runs and leads failed");
-                let ids: Vec<String> = claimed.iter().map(|i| i.id.clone()).collect();
-                release(&shared, &ids).await;
-                continue;
-            }
-        };
-        let batch: Vec<Prepared> = claimed
+        if let Err(e) = load_runs(&shared, &claimed, &mut runs).await {
+            tracing::error!(error = %e, "loading claimed items' runs failed");
+            let ids: Vec<String> = claimed.into_iter().map(|i| i.id).collect();
+            release(&shared, &ids).await;
+            continue;
+        }
+        let batch: Vec<(ClaimedItem, Arc<RunSpec>)> = claimed
             .into_iter()
             .filter_map(|item| {
                 let spec = runs.get(&item.run_id)?.clone();
-                let lead = context.leads.get(&item.lead_id).cloned();
-                let membership = item
-                    .membership_id
-                    .as_ref()
-                    .and_then(|m| context.memberships.get(m))
-                    .cloned();
-                Some(Prepared {
-                    item,
-                    spec,
-                    lead,
-                    membership,
-                })
+                Some((item, spec))
             })
             .collect();
-        last_batch_inline = batch.iter().all(Prepared::is_inline);
-        if ready.send(batch).is_err() {
-            break;
+        last_batch_inline = batch.iter().all(|(_, spec)| spec.is_inline());
+        // The leads load while the next batch is claimed.
+        if loads.len() >= LOADS_IN_FLIGHT {
+            loads.join_next().await;
+        }
+        loads.spawn(prepare(shared.clone(), batch, ready.clone()));
+    }
+    while loads.join_next().await.is_some() {}
+}
+
+/// Read the runs of claimed items not read yet into `runs`.
+async fn load_runs(
+    shared: &Shared,
+    claimed: &[ClaimedItem],
+    runs: &mut HashMap<String, Arc<RunSpec>>,
+) -> puffle_store::Result<()> {
+    for item in claimed {
+        if !runs.contains_key(&item.run_id) {
+            let run = shared.store.run_for_worker(&item.run_id).await?;
+            let enrichment = shared.catalog.get(&run.enrichment_slug).cloned();
+            runs.insert(item.run_id.clone(), Arc::new(RunSpec { run, enrichment }));
         }
     }
+    Ok(())
+}
+
+/// Load a claimed batch's leads (and memberships) and hand it to the slots; if they cannot be
+/// loaded, hand the items back.
+async fn prepare(
+    shared: Arc<Shared>,
+    batch: Vec<(ClaimedItem, Arc<RunSpec>)>,
+    ready: mpsc::UnboundedSender<Vec<Prepared>>,
+) {
+    let context = match load_context(&shared, &batch).await {
+        Ok(context) => context,
+        Err(e) => {
+            tracing::error!(error = %e, "loading claimed items' leads failed");
+            let ids: Vec<String> = batch.into_iter().map(|(i, _)| i.id).collect();
+            release(&shared, &ids).await;
+            return;
+        }
+    };
+    let prepared = batch
+        .into_iter()
+        .map(|(item, spec)| {
+            let lead = context.leads.get(&item.lead_id).cloned();
+            let membership = item
+                .membership_id
+                .as_ref()
+                .and_then(|m| context.memberships.get(m))
+                .cloned();
+            Prepared {
+                item,
+                spec,
+                lead,
+                membership,
+            }
+        })
+        .collect();
+    // A closed channel means shutdown: the items stay held and are handed back by [`run`].
+    let _ = ready.send(prepared);
 }
 
 /// Start the prepared items as slots free up (built-ins inline), until shutdown; then give
@@ -335,7 +380,7 @@ async fn start_items(
             if *shutdown.borrow() {
                 break 'batches;
             }
-            let permit = if prepared.is_inline() {
+            let permit = if prepared.spec.is_inline() {
                 None
             } else {
                 tokio::select! {
@@ -440,7 +485,6 @@ async fn release(shared: &Shared, ids: &[String]) {
     }
 }
 
-/// Load the runs (cached) and leads of a claimed batch.
 /// What a claimed batch needs besides its runs: the leads, and the current attributes of the
 /// memberships that `fill_empty` runs writing to memberships must check.
 struct Context {
@@ -450,32 +494,24 @@ struct Context {
 
 async fn load_context(
     shared: &Shared,
-    claimed: &[ClaimedItem],
-    runs: &mut HashMap<String, Arc<RunSpec>>,
+    batch: &[(ClaimedItem, Arc<RunSpec>)],
 ) -> puffle_store::Result<Context> {
-    let mut by_workspace: HashMap<String, Vec<String>> = HashMap::new();
+    let mut by_workspace: HashMap<&str, Vec<String>> = HashMap::new();
     let mut memberships = Vec::new();
-    for item in claimed {
-        if !runs.contains_key(&item.run_id) {
-            let run = shared.store.run_for_worker(&item.run_id).await?;
-            let enrichment = shared.catalog.get(&run.enrichment_slug).cloned();
-            runs.insert(item.run_id.clone(), Arc::new(RunSpec { run, enrichment }));
-        }
-        if let Some(spec) = runs.get(&item.run_id) {
-            by_workspace
-                .entry(spec.run.workspace_id.clone())
-                .or_default()
-                .push(item.lead_id.clone());
-            let checks_membership = spec.run.write_policy == WritePolicy::FillEmpty
-                && spec.run.output_target == OutputTarget::Membership;
-            if let (true, Some(m)) = (checks_membership, &item.membership_id) {
-                memberships.push(m.clone());
-            }
+    for (item, spec) in batch {
+        by_workspace
+            .entry(&spec.run.workspace_id)
+            .or_default()
+            .push(item.lead_id.clone());
+        let checks_membership = spec.run.write_policy == WritePolicy::FillEmpty
+            && spec.run.output_target == OutputTarget::Membership;
+        if let (true, Some(m)) = (checks_membership, &item.membership_id) {
+            memberships.push(m.clone());
         }
     }
     let mut leads = HashMap::new();
     for (workspace, ids) in by_workspace {
-        for lead in shared.store.leads_by_id(&workspace, &ids).await? {
+        for lead in shared.store.leads_by_id(workspace, &ids).await? {
             leads.insert(lead.id.clone(), lead);
         }
     }

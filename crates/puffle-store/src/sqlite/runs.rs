@@ -8,7 +8,7 @@ use puffle_domain::lead::Lead;
 use puffle_domain::run::{ItemStatus, OutputTarget, RunStatus, SkipReason};
 use puffle_domain::{id_prefix, new_id, now_timestamp, Invalid};
 use serde_json::{json, Map, Value};
-use sqlx::sqlite::SqliteConnection;
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{add_credits, attach_lists, ensure_list, SqliteStore};
@@ -127,10 +127,11 @@ fn finish_update<'a>(
 
 /// Rows per multi-row INSERT of items (7 bound values each, far below SQLite's limit).
 const INSERT_CHUNK: usize = 1000;
-/// Finishes per multi-row UPDATE (13 bound values each).
-const FINISH_CHUNK: usize = 500;
 /// Active runs considered per claim (round-robin by least recently claimed).
 const CLAIM_RUNS: i64 = 16;
+/// Finishes per transaction: one multi-row UPDATE of 16 bound values each, well below SQLite's
+/// limit of 32,766, and above the worker's batch of 512.
+const FINISH_CHUNK: usize = 1024;
 
 async fn load_run(conn: &mut SqliteConnection, id: &str) -> Result<Run> {
     let row = sqlx::query(&format!(
@@ -164,13 +165,21 @@ impl CountDeltas {
         d[Self::slot(to)] += n;
     }
 
-    async fn apply(self, conn: &mut SqliteConnection, now: &str) -> Result<Vec<String>> {
-        let mut runs = Vec::with_capacity(self.0.len());
+    /// Apply the counts; a run of `pending`/`running` status left with no pending or running
+    /// item is completed by the same statement.
+    async fn apply(self, conn: &mut SqliteConnection, now: &str) -> Result<()> {
         for (run, d) in self.0 {
             sqlx::query(
-                "UPDATE enrichment_runs SET n_pending = n_pending + ?, n_running = n_running + ?, \
-                 n_completed = n_completed + ?, n_skipped = n_skipped + ?, \
-                 n_failed = n_failed + ?, updated_at = ? WHERE id = ?",
+                "UPDATE enrichment_runs SET n_pending = n_pending + ?1, \
+                 n_running = n_running + ?2, n_completed = n_completed + ?3, \
+                 n_skipped = n_skipped + ?4, n_failed = n_failed + ?5, updated_at = ?6, \
+                 status = CASE WHEN status IN ('pending', 'running') \
+                   AND n_pending + ?1 = 0 AND n_running + ?2 = 0 THEN 'completed' \
+                   ELSE status END, \
+                 completed_at = CASE WHEN status IN ('pending', 'running') \
+                   AND n_pending + ?1 = 0 AND n_running + ?2 = 0 THEN ?6 \
+                   ELSE completed_at END \
+                 WHERE id = ?7",
             )
             .bind(d[0])
             .bind(d[1])
@@ -181,31 +190,9 @@ impl CountDeltas {
             .bind(&run)
             .execute(&mut *conn)
             .await?;
-            runs.push(run);
         }
-        Ok(runs)
+        Ok(())
     }
-}
-
-/// Mark runs whose every item is terminal as completed (only from `running`/`pending`).
-async fn complete_finished_runs(
-    conn: &mut SqliteConnection,
-    runs: &[String],
-    now: &str,
-) -> Result<()> {
-    for run in runs {
-        sqlx::query(
-            "UPDATE enrichment_runs SET status = 'completed', completed_at = ?, updated_at = ? \
-             WHERE id = ? AND status IN ('pending', 'running') AND n_pending = 0 \
-             AND n_running = 0",
-        )
-        .bind(now)
-        .bind(now)
-        .bind(run)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
 }
 
 /// Skip every item of a run in status `from` (pending, or running when the run fails) with
@@ -233,59 +220,62 @@ async fn skip_items(
     Ok(done.rows_affected() as i64)
 }
 
-/// Write results onto leads' (or memberships') attributes: one multi-row update per table.
+/// Write results onto leads' (or memberships') attributes: one update per table.
 /// Several results for one lead in a batch apply in order.
 async fn write_attributes(
     conn: &mut SqliteConnection,
-    writes: Vec<AttributeWrite>,
+    writes: Vec<&AttributeWrite>,
     now: &str,
 ) -> Result<()> {
     let (to_memberships, to_leads): (Vec<_>, Vec<_>) = writes
         .into_iter()
         .partition(|w| w.target == OutputTarget::Membership && w.membership_id.is_some());
-    let lead_writes = to_leads.into_iter().map(|w| (w.lead_id, w.key, w.value));
-    merge_attributes_into(conn, "leads", lead_writes.collect(), Some(now)).await?;
+    let lead_writes = to_leads.into_iter().map(|w| (&w.lead_id, &w.key, &w.value));
+    merge_attributes_into(conn, "leads", lead_writes, Some(now)).await?;
     let membership_writes = to_memberships
         .into_iter()
-        .filter_map(|w| Some((w.membership_id?, w.key, w.value)));
-    merge_attributes_into(conn, "memberships", membership_writes.collect(), None).await
+        .filter_map(|w| Some((w.membership_id.as_ref()?, &w.key, &w.value)));
+    merge_attributes_into(conn, "memberships", membership_writes, None).await
 }
 
 /// Set `key = value` in the `attributes` of rows of `table` (`leads` or `memberships`) with
 /// `json_set`, so the rows are not read back into the process. Rows that no longer exist
-/// (deleted meanwhile) are left alone. A row written more than once goes through one statement
-/// per write, in order: one `UPDATE … FROM` applies a single match per row.
-async fn merge_attributes_into(
+/// (deleted meanwhile) are left alone. The writes go as one JSON array of `[id, path, value]`;
+/// a row written more than once goes through one statement per write, in order: one
+/// `UPDATE … FROM` applies a single match per row.
+async fn merge_attributes_into<'a>(
     conn: &mut SqliteConnection,
     table: &str,
-    writes: Vec<(String, String, Value)>,
+    writes: impl IntoIterator<Item = (&'a String, &'a String, &'a Value)>,
     touch: Option<&str>,
 ) -> Result<()> {
-    let mut rounds: Vec<Vec<(String, String, String)>> = Vec::new();
-    let mut writes_of: HashMap<String, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<(&str, String, String)>> = Vec::new();
+    let mut writes_of: HashMap<&str, usize> = HashMap::new();
     for (id, key, value) in writes {
-        let round = writes_of.entry(id.clone()).or_default();
+        let round = writes_of.entry(id).or_default();
         if rounds.len() == *round {
             rounds.push(Vec::new());
         }
-        rounds[*round].push((id, json_label_path(&key), value.to_string()));
+        rounds[*round].push((id, json_label_path(key), value.to_string()));
         *round += 1;
     }
+    let touched = if touch.is_some() {
+        ", updated_at = ?2"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE {table} SET attributes = json_set(attributes, v.path, json(v.value)){touched} \
+         FROM (SELECT value ->> 0 AS id, value ->> 1 AS path, value ->> 2 AS value \
+           FROM json_each(?1)) AS v \
+         WHERE {table}.id = v.id"
+    );
     for round in rounds {
-        for chunk in round.chunks(INSERT_CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(format!(
-                "UPDATE {table} SET attributes = json_set(attributes, v.column2, json(v.column3))"
-            ));
-            if let Some(now) = touch {
-                q.push(", updated_at = ").push_bind(now.to_string());
-            }
-            q.push(" FROM (");
-            q.push_values(chunk, |mut b, (id, path, value)| {
-                b.push_bind(id).push_bind(path).push_bind(value);
-            });
-            q.push(format!(") AS v WHERE {table}.id = v.column1"));
-            q.build().persistent(false).execute(&mut *conn).await?;
+        let mut q = sqlx::query(&sql).bind(serde_json::to_string(&round)?);
+        if let Some(now) = touch {
+            q = q.bind(now);
         }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -331,12 +321,12 @@ struct FinishRow {
 }
 
 impl FinishRow {
-    fn new(f: Finish, run_status: &HashMap<String, String>, now: &str) -> FinishRow {
+    fn new(f: Finish, now: &str) -> FinishRow {
         let error = |message: String, details: Option<Value>| {
             Some(json!({"message": message, "details": details}).to_string())
         };
         let mut waiting = None;
-        let (mut status, result, mut skipped, mut error, write, due_at) = match f.outcome {
+        let (status, result, skipped, error, write, due_at) = match f.outcome {
             FinishOutcome::Completed { result, write } => (
                 ItemStatus::Completed,
                 to_text(&result),
@@ -374,19 +364,6 @@ impl FinishRow {
                 (ItemStatus::Pending, None, None, None, None, Some(due_at_ms))
             }
         };
-        if status == ItemStatus::Pending {
-            match run_status.get(&f.run_id).map(String::as_str) {
-                Some("cancelled") => {
-                    (status, skipped, error) =
-                        (ItemStatus::Skipped, Some(SkipReason::RunCancelled), None)
-                }
-                Some("failed") => {
-                    (status, skipped, error) =
-                        (ItemStatus::Skipped, Some(SkipReason::RunFailed), None)
-                }
-                _ => {}
-            }
-        }
         FinishRow {
             item_id: f.item_id,
             lease_token: f.lease_token,
@@ -406,6 +383,22 @@ impl FinishRow {
             submission_id: waiting.as_ref().map(|w| w.0.clone()),
             submitted_at: waiting.as_ref().map(|w| w.1),
             clear_callback: waiting.is_some_and(|w| w.2),
+        }
+    }
+
+    /// A row going back to pending whose run is `run_status` (`cancelled` or `failed`) ends
+    /// skipped instead.
+    fn end_for_stopped_run(&mut self, run_status: &str, now: &str) {
+        let reason = match run_status {
+            "cancelled" => SkipReason::RunCancelled,
+            "failed" => SkipReason::RunFailed,
+            _ => return,
+        };
+        if self.status == ItemStatus::Pending {
+            self.status = ItemStatus::Skipped;
+            self.skipped = Some(reason);
+            self.error = None;
+            self.completed_at = Some(now.to_string());
         }
     }
 }
@@ -463,6 +456,79 @@ async fn requeue(
         deltas.moved(run_id, ItemStatus::Running, to, 1);
     }
     Ok(moved)
+}
+
+/// Record `rows` in one transaction: their items, attribute writes and run counts. Answers
+/// how many were recorded; without `returning`, `None` (and nothing written) unless all were.
+async fn record_finishes(
+    pool: &SqlitePool,
+    worker: &str,
+    rows: &mut [FinishRow],
+    now: &str,
+    returning: bool,
+) -> Result<Option<u64>> {
+    let mut tx = pool.begin().await?;
+    end_retries_of_stopped_runs(&mut tx, rows, now).await?;
+    let mut update = finish_update(rows, worker, now, returning);
+    let update = update.build().persistent(false);
+    let recorded: Option<HashSet<String>> = if returning {
+        let ids = update.fetch_all(&mut *tx).await?;
+        let ids = ids.iter().map(|row| row.try_get(0));
+        Some(ids.collect::<std::result::Result<_, _>>()?)
+    } else {
+        let done = update.execute(&mut *tx).await?;
+        if done.rows_affected() != rows.len() as u64 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        None
+    };
+    let mut deltas = CountDeltas::default();
+    let mut writes = Vec::new();
+    for r in rows.iter() {
+        if recorded.as_ref().is_none_or(|ids| ids.contains(&r.item_id)) {
+            deltas.moved(&r.run_id, ItemStatus::Running, r.status, 1);
+            writes.extend(r.write.as_ref());
+        }
+    }
+    let n = recorded.map_or(rows.len(), |ids| ids.len());
+    write_attributes(&mut tx, writes, now).await?;
+    deltas.apply(&mut tx, now).await?;
+    tx.commit().await?;
+    Ok(Some(n as u64))
+}
+
+/// A retry (or a wait) of an item whose run was cancelled or failed meanwhile ends the item
+/// instead. The runs are read only when a row would go back to pending.
+async fn end_retries_of_stopped_runs(
+    conn: &mut SqliteConnection,
+    rows: &mut [FinishRow],
+    now: &str,
+) -> Result<()> {
+    let run_ids: HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.status == ItemStatus::Pending)
+        .map(|r| r.run_id.as_str())
+        .collect();
+    if run_ids.is_empty() {
+        return Ok(());
+    }
+    let ids = serde_json::to_string(&run_ids)?;
+    let stopped: HashMap<String, String> = sqlx::query_as(
+        "SELECT id, status FROM enrichment_runs WHERE id IN (SELECT value FROM json_each(?)) \
+         AND status IN ('cancelled', 'failed')",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    for row in rows.iter_mut() {
+        if let Some(status) = stopped.get(&row.run_id) {
+            row.end_for_stopped_run(status, now);
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -855,64 +921,25 @@ impl RunStore for SqliteStore {
 
     async fn finish_items(&self, worker: &str, finishes: Vec<Finish>, now_ms: i64) -> Result<u64> {
         let _ = now_ms;
-        let mut tx = self.write.begin().await?;
         let now = now_timestamp();
-        // A retry of a run cancelled (or failed) meanwhile ends the item instead.
-        let run_ids: HashSet<&str> = finishes.iter().map(|f| f.run_id.as_str()).collect();
-        let mut run_status: HashMap<String, String> = HashMap::new();
-        for chunk in run_ids.into_iter().collect::<Vec<_>>().chunks(INSERT_CHUNK) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new("SELECT id, status FROM enrichment_runs WHERE id IN (");
-            let mut sep = q.separated(", ");
-            for id in chunk {
-                sep.push_bind(id.to_string());
-            }
-            q.push(")");
-            for row in q.build().persistent(false).fetch_all(&mut *tx).await? {
-                run_status.insert(row.try_get(0)?, row.try_get(1)?);
-            }
-        }
-        let rows: Vec<FinishRow> = finishes
+        let mut rows: Vec<FinishRow> = finishes
             .into_iter()
-            .map(|f| FinishRow::new(f, &run_status, &now))
+            .map(|f| FinishRow::new(f, &now))
             .collect();
-
-        let mut recorded: HashSet<String> = HashSet::new();
-        for chunk in rows.chunks(FINISH_CHUNK) {
+        let mut recorded = 0;
+        for chunk in rows.chunks_mut(FINISH_CHUNK) {
             // Every item recorded is the common case, told by the count alone: no row per item
-            // crosses from the database thread. Otherwise the chunk is undone and recorded again
-            // naming the items that were.
-            let mut attempt = sqlx::Connection::begin(&mut *tx).await?;
-            let done = finish_update(chunk, worker, &now, false)
-                .build()
-                .persistent(false)
-                .execute(&mut *attempt)
-                .await?;
-            if done.rows_affected() == chunk.len() as u64 {
-                attempt.commit().await?;
-                recorded.extend(chunk.iter().map(|r| r.item_id.clone()));
-                continue;
-            }
-            attempt.rollback().await?;
-            let mut q = finish_update(chunk, worker, &now, true);
-            for row in q.build().persistent(false).fetch_all(&mut *tx).await? {
-                recorded.insert(row.try_get(0)?);
-            }
+            // crosses from the database thread. Otherwise (a lease was lost) the transaction
+            // is undone and done again naming the items that were recorded.
+            let all = record_finishes(&self.write, worker, chunk, &now, false).await?;
+            recorded += match all {
+                Some(n) => n,
+                None => record_finishes(&self.write, worker, chunk, &now, true)
+                    .await?
+                    .unwrap_or(0),
+            };
         }
-
-        let mut deltas = CountDeltas::default();
-        let mut writes = Vec::new();
-        for r in rows {
-            if recorded.contains(&r.item_id) {
-                deltas.moved(&r.run_id, ItemStatus::Running, r.status, 1);
-                writes.extend(r.write);
-            }
-        }
-        write_attributes(&mut tx, writes, &now).await?;
-        let runs = deltas.apply(&mut tx, &now).await?;
-        complete_finished_runs(&mut tx, &runs, &now).await?;
-        tx.commit().await?;
-        Ok(recorded.len() as u64)
+        Ok(recorded)
     }
 
     async fn heartbeat(&self, worker: &str, lease_until_ms: i64) -> Result<()> {
@@ -949,8 +976,7 @@ impl RunStore for SqliteStore {
                 .await?;
             }
         }
-        let runs = deltas.apply(&mut tx, &now).await?;
-        complete_finished_runs(&mut tx, &runs, &now).await?;
+        deltas.apply(&mut tx, &now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -979,8 +1005,7 @@ impl RunStore for SqliteStore {
                 rescued += 1;
             }
         }
-        let runs = deltas.apply(&mut tx, &now).await?;
-        complete_finished_runs(&mut tx, &runs, &now).await?;
+        deltas.apply(&mut tx, &now).await?;
         tx.commit().await?;
         Ok(rescued)
     }
@@ -1105,17 +1130,27 @@ mod tests {
         for (i, key) in odd_keys.iter().enumerate() {
             writes.push(("l2".to_string(), key.to_string(), json!(i)));
         }
-        merge_attributes_into(&mut conn, "leads", writes, Some("now"))
-            .await
-            .unwrap();
+        merge_attributes_into(
+            &mut conn,
+            "leads",
+            writes.iter().map(|(i, k, v)| (i, k, v)),
+            Some("now"),
+        )
+        .await
+        .unwrap();
         // A second write to an odd key replaces its value instead of adding a second label.
-        let again = odd_keys
+        let again: Vec<(String, String, Value)> = odd_keys
             .iter()
             .map(|k| ("l2".to_string(), k.to_string(), json!(format!("again {k}"))))
             .collect();
-        merge_attributes_into(&mut conn, "leads", again, None)
-            .await
-            .unwrap();
+        merge_attributes_into(
+            &mut conn,
+            "leads",
+            again.iter().map(|(i, k, v)| (i, k, v)),
+            None,
+        )
+        .await
+        .unwrap();
 
         assert_eq!(
             attributes(&mut conn, "l1").await,
