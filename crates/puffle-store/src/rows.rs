@@ -46,6 +46,35 @@ macro_rules! stored_row {
 stored_row!(SqliteRow);
 stored_row!(PgRow);
 
+/// A row the database wrote as a JSON object (`json_object('column', column, …)`), so that a
+/// batch of rows arrives as one value instead of one row each.
+impl StoredRow for serde_json::Map<String, Value> {
+    fn text(&self, column: &str) -> Result<String> {
+        self.text_opt(column)?
+            .ok_or_else(|| StoreError::Internal(format!("column {column} is null")))
+    }
+    fn text_opt(&self, column: &str) -> Result<Option<String>> {
+        match self.get(column) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(decode_err(column, &other.to_string())),
+        }
+    }
+    fn int(&self, column: &str) -> Result<i64> {
+        self.int_opt(column)?
+            .ok_or_else(|| StoreError::Internal(format!("column {column} is null")))
+    }
+    fn int_opt(&self, column: &str) -> Result<Option<i64>> {
+        match self.get(column) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| decode_err(column, &v.to_string())),
+        }
+    }
+}
+
 /// Lists with their member counts. Callers append `WHERE`/`ORDER BY`.
 pub(crate) const LIST_SELECT: &str = "SELECT l.id, l.name, l.description, l.lead_type, \
      l.created_at, l.updated_at, l.is_all, \

@@ -4,15 +4,17 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
-use puffle_domain::lead::Lead;
+use puffle_domain::lead::{Lead, ListRef};
 use puffle_domain::run::{ItemStatus, OutputTarget, RunStatus, SkipReason};
 use puffle_domain::{id_prefix, new_id, now_timestamp, Invalid};
 use serde_json::{json, Map, Value};
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{add_credits, attach_lists, ensure_list, SqliteStore};
-use crate::rows::{decode_err, item_from, lead_from, run_from, to_text, ITEM_COLUMNS, RUN_COLUMNS};
+use super::{add_credits, ensure_list, SqliteStore};
+use crate::rows::{
+    decode_err, item_from, lead_from, run_from, to_text, StoredRow, ITEM_COLUMNS, RUN_COLUMNS,
+};
 use crate::runs::*;
 use crate::{Result, StoreError};
 
@@ -531,6 +533,55 @@ async fn end_retries_of_stopped_runs(
     Ok(())
 }
 
+/// Lease up to `want` due items of `run` to `worker` under `token`; answers them as JSON
+/// objects, all in one row: a row per item would cross from the database thread one by one,
+/// with the writer held meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn claim_from_run(
+    conn: &mut SqliteConnection,
+    run: &str,
+    worker: &str,
+    token: &str,
+    want: usize,
+    now_ms: i64,
+    lease_until_ms: i64,
+    now: &str,
+) -> Result<Vec<Map<String, Value>>> {
+    let claimed = sqlx::query(
+        "UPDATE enrichment_items SET status = 'running', lease_owner = ?, \
+         lease_token = ?, lease_expires_at = ?, \
+         started_at = coalesce(started_at, ?), updated_at = ? \
+         WHERE id IN (SELECT id FROM enrichment_items WHERE run_id = ? \
+           AND status = 'pending' AND due_at <= ? ORDER BY id LIMIT ?)",
+    )
+    .bind(worker)
+    .bind(token)
+    .bind(lease_until_ms)
+    .bind(now)
+    .bind(now)
+    .bind(run)
+    .bind(now_ms)
+    .bind(want as i64)
+    .execute(&mut *conn)
+    .await?;
+    if claimed.rows_affected() == 0 {
+        return Ok(Vec::new());
+    }
+    let rows: String = sqlx::query_scalar(
+        "SELECT json_group_array(json_object('id', id, 'lead_id', lead_id, 'list_id', list_id, \
+           'membership_id', membership_id, 'attempts', attempts, \
+           'provider_submission_id', provider_submission_id, \
+           'provider_submitted_at', provider_submitted_at, \
+           'provider_callback', provider_callback)) \
+         FROM enrichment_items WHERE run_id = ? AND status = 'running' AND lease_token = ?",
+    )
+    .bind(run)
+    .bind(token)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(serde_json::from_str(&rows)?)
+}
+
 #[async_trait]
 impl RunStore for SqliteStore {
     async fn run_by_idempotency_key(&self, user_id: &str, key: &str) -> Result<Option<Run>> {
@@ -818,24 +869,16 @@ impl RunStore for SqliteStore {
             let rows = if want == 0 {
                 Vec::new()
             } else {
-                sqlx::query(
-                    "UPDATE enrichment_items SET status = 'running', lease_owner = ?, \
-                     lease_token = ?, lease_expires_at = ?, \
-                     started_at = coalesce(started_at, ?), updated_at = ? \
-                     WHERE id IN (SELECT id FROM enrichment_items WHERE run_id = ? \
-                       AND status = 'pending' AND due_at <= ? ORDER BY id LIMIT ?) \
-                     RETURNING id, lead_id, list_id, membership_id, attempts, \
-                       provider_submission_id, provider_submitted_at, provider_callback",
+                claim_from_run(
+                    &mut tx,
+                    run,
+                    worker,
+                    &token,
+                    want,
+                    now_ms,
+                    lease_until_ms,
+                    &now,
                 )
-                .bind(worker)
-                .bind(&token)
-                .bind(lease_until_ms)
-                .bind(&now)
-                .bind(&now)
-                .bind(run)
-                .bind(now_ms)
-                .bind(want as i64)
-                .fetch_all(&mut *tx)
                 .await?
             };
             let n = rows.len() as i64;
@@ -857,13 +900,13 @@ impl RunStore for SqliteStore {
             .await?;
             for r in rows {
                 claimed.push(ClaimedItem {
-                    id: r.try_get("id")?,
+                    id: r.text("id")?,
                     lease_token: token.clone(),
                     run_id: run.clone(),
-                    lead_id: r.try_get("lead_id")?,
-                    list_id: r.try_get("list_id")?,
-                    membership_id: r.try_get("membership_id")?,
-                    attempts: r.try_get("attempts")?,
+                    lead_id: r.text("lead_id")?,
+                    list_id: r.text_opt("list_id")?,
+                    membership_id: r.text_opt("membership_id")?,
+                    attempts: r.int("attempts")?,
                     submission: crate::rows::submission_of(&r)?,
                 });
             }
@@ -881,21 +924,35 @@ impl RunStore for SqliteStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.read.acquire().await?;
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT id, type, fields, attributes, created_at, updated_at FROM leads \
-             WHERE workspace_id = ",
-        );
-        q.push_bind(workspace.to_string()).push(" AND id IN (");
-        let mut sep = q.separated(", ");
-        for id in ids {
-            sep.push_bind(id.clone());
-        }
-        q.push(")");
-        let rows = q.build().persistent(false).fetch_all(&mut *conn).await?;
-        let mut leads = rows.iter().map(lead_from).collect::<Result<Vec<_>>>()?;
-        attach_lists(&mut conn, &mut leads).await?;
-        Ok(leads)
+        // One row holding every lead (with its lists) as JSON: a row per lead would cross from
+        // the database thread one by one.
+        let rows: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_object('id', id, 'type', type, 'fields', fields, \
+               'attributes', attributes, 'created_at', created_at, 'updated_at', updated_at, \
+               'lists', (SELECT json_group_array(json_array(id, name)) FROM ( \
+                 SELECT l.id, l.name FROM memberships m JOIN lists l ON l.id = m.list_id \
+                 WHERE m.lead_id = leads.id ORDER BY l.is_all DESC, l.id)))) \
+             FROM leads WHERE workspace_id = ? AND id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(workspace)
+        .bind(serde_json::to_string(ids)?)
+        .fetch_one(&self.read)
+        .await?;
+        let rows: Vec<Map<String, Value>> = serde_json::from_str(&rows)?;
+        rows.iter()
+            .map(|row| {
+                let mut lead = lead_from(row)?;
+                let lists: Vec<(String, String)> = match row.get("lists") {
+                    Some(lists) => serde_json::from_value(lists.clone())?,
+                    None => Vec::new(),
+                };
+                lead.lists = lists
+                    .into_iter()
+                    .map(|(id, name)| ListRef { id, name })
+                    .collect();
+                Ok(lead)
+            })
+            .collect()
     }
 
     async fn membership_attributes(
