@@ -296,11 +296,17 @@ async fn claim_ahead(
         last_batch_inline = batch.iter().all(|(_, spec)| spec.is_inline());
         // The leads load while the next batch is claimed.
         if loads.len() >= LOADS_IN_FLIGHT {
-            loads.join_next().await;
+            if let Some(Err(e)) = loads.join_next().await {
+                tracing::error!(error = %e, "loading a claimed batch ended abnormally");
+            }
         }
         loads.spawn(prepare(shared.clone(), batch, ready.clone()));
     }
-    while loads.join_next().await.is_some() {}
+    while let Some(done) = loads.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "loading a claimed batch ended abnormally");
+        }
+    }
 }
 
 /// Read the runs of claimed items not read yet into `runs`.
