@@ -50,8 +50,7 @@ stored_row!(PgRow);
 /// batch of rows arrives as one value instead of one row each.
 impl StoredRow for serde_json::Map<String, Value> {
     fn text(&self, column: &str) -> Result<String> {
-        self.text_opt(column)?
-            .ok_or_else(|| StoreError::Internal(format!("column {column} is null")))
+        required(column, self.text_opt(column)?)
     }
     fn text_opt(&self, column: &str) -> Result<Option<String>> {
         match self.get(column) {
@@ -61,8 +60,7 @@ impl StoredRow for serde_json::Map<String, Value> {
         }
     }
     fn int(&self, column: &str) -> Result<i64> {
-        self.int_opt(column)?
-            .ok_or_else(|| StoreError::Internal(format!("column {column} is null")))
+        required(column, self.int_opt(column)?)
     }
     fn int_opt(&self, column: &str) -> Result<Option<i64>> {
         match self.get(column) {
@@ -73,6 +71,11 @@ impl StoredRow for serde_json::Map<String, Value> {
                 .ok_or_else(|| decode_err(column, &v.to_string())),
         }
     }
+}
+
+/// A column that must not be null.
+fn required<T>(column: &str, value: Option<T>) -> Result<T> {
+    value.ok_or_else(|| StoreError::Internal(format!("column {column} is null")))
 }
 
 /// Lists with their member counts. Callers append `WHERE`/`ORDER BY`.
@@ -242,4 +245,25 @@ pub(crate) fn item_from(row: &impl StoredRow) -> Result<Item> {
         created_at: row.text("created_at")?,
         updated_at: row.text("updated_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_object_row_reads_like_a_database_row() {
+        let row: serde_json::Map<String, Value> = serde_json::from_str(
+            r#"{"id": "i1", "attempts": 2, "list_id": null, "bad": 1.5, "name": 7}"#,
+        )
+        .unwrap();
+        assert_eq!(row.text("id").unwrap(), "i1");
+        assert_eq!(row.int("attempts").unwrap(), 2);
+        assert_eq!(row.text_opt("list_id").unwrap(), None);
+        assert_eq!(row.int_opt("missing").unwrap(), None);
+        // A null or mistyped column is an error, never a panic or a silent default.
+        assert!(row.text("list_id").is_err());
+        assert!(row.int("bad").is_err());
+        assert!(row.text_opt("name").is_err());
+    }
 }

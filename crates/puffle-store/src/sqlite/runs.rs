@@ -533,40 +533,13 @@ async fn end_retries_of_stopped_runs(
     Ok(())
 }
 
-/// Lease up to `want` due items of `run` to `worker` under `token`; answers them as JSON
-/// objects, all in one row: a row per item would cross from the database thread one by one,
-/// with the writer held meanwhile.
-#[allow(clippy::too_many_arguments)]
-async fn claim_from_run(
+/// The items of `run` just leased under `token`, as JSON objects all in one row: a row per item
+/// would cross from the database thread one by one, with the writer held meanwhile.
+async fn leased_items(
     conn: &mut SqliteConnection,
     run: &str,
-    worker: &str,
     token: &str,
-    want: usize,
-    now_ms: i64,
-    lease_until_ms: i64,
-    now: &str,
 ) -> Result<Vec<Map<String, Value>>> {
-    let claimed = sqlx::query(
-        "UPDATE enrichment_items SET status = 'running', lease_owner = ?, \
-         lease_token = ?, lease_expires_at = ?, \
-         started_at = coalesce(started_at, ?), updated_at = ? \
-         WHERE id IN (SELECT id FROM enrichment_items WHERE run_id = ? \
-           AND status = 'pending' AND due_at <= ? ORDER BY id LIMIT ?)",
-    )
-    .bind(worker)
-    .bind(token)
-    .bind(lease_until_ms)
-    .bind(now)
-    .bind(now)
-    .bind(run)
-    .bind(now_ms)
-    .bind(want as i64)
-    .execute(&mut *conn)
-    .await?;
-    if claimed.rows_affected() == 0 {
-        return Ok(Vec::new());
-    }
     let rows: String = sqlx::query_scalar(
         "SELECT json_group_array(json_object('id', id, 'lead_id', lead_id, 'list_id', list_id, \
            'membership_id', membership_id, 'attempts', attempts, \
@@ -866,20 +839,32 @@ impl RunStore for SqliteStore {
         let mut claimed = Vec::new();
         for run in &runs {
             let want = share.min(max - claimed.len());
-            let rows = if want == 0 {
+            let leased = if want == 0 {
+                0
+            } else {
+                sqlx::query(
+                    "UPDATE enrichment_items SET status = 'running', lease_owner = ?, \
+                     lease_token = ?, lease_expires_at = ?, \
+                     started_at = coalesce(started_at, ?), updated_at = ? \
+                     WHERE id IN (SELECT id FROM enrichment_items WHERE run_id = ? \
+                       AND status = 'pending' AND due_at <= ? ORDER BY id LIMIT ?)",
+                )
+                .bind(worker)
+                .bind(&token)
+                .bind(lease_until_ms)
+                .bind(&now)
+                .bind(&now)
+                .bind(run)
+                .bind(now_ms)
+                .bind(want as i64)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            };
+            let rows = if leased == 0 {
                 Vec::new()
             } else {
-                claim_from_run(
-                    &mut tx,
-                    run,
-                    worker,
-                    &token,
-                    want,
-                    now_ms,
-                    lease_until_ms,
-                    &now,
-                )
-                .await?
+                leased_items(&mut tx, run, &token).await?
             };
             let n = rows.len() as i64;
             sqlx::query(
