@@ -27,6 +27,7 @@ use crate::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+mod checkpoint;
 mod runs;
 mod throttle;
 mod webhooks;
@@ -34,6 +35,8 @@ mod webhooks;
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
+    /// `None` for an in-memory database (it has no WAL).
+    _checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 impl SqliteStore {
@@ -44,22 +47,32 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let in_memory = url.contains(":memory:");
+        // Most of the WAL is checkpointed by a connection of its own; the writer's automatic
+        // checkpoint copies only the rest and lets the WAL start over (see `checkpoint`).
         let write = SqlitePoolOptions::new()
             .max_connections(1)
-            // Checkpoint the WAL every 16,384 pages (64 MiB) instead of 1,000: the writer does the
-            // copying, and item and lead pages rewritten between checkpoints are copied once.
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "16384"))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", checkpoint::WRITER_CHECKPOINT_PAGES),
+            )
             .await?;
         // An in-memory database lives in one connection: readers must share it.
-        let read = if url.contains(":memory:") {
-            write.clone()
+        let (read, checkpointer) = if in_memory {
+            (write.clone(), None)
         } else {
-            SqlitePoolOptions::new()
+            let read = SqlitePoolOptions::new()
                 .max_connections(4)
-                .connect_with(options.read_only(true))
-                .await?
+                .connect_with(options.clone().read_only(true))
+                .await?;
+            (read, Some(checkpoint::Checkpointer::start(options).await?))
         };
-        Ok(SqliteStore { write, read })
+        Ok(SqliteStore {
+            write,
+            read,
+            _checkpointer: checkpointer,
+        })
     }
 }
 
