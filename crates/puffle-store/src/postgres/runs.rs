@@ -388,6 +388,13 @@ impl FinishColumns {
 /// Record the finishes `worker` still holds the lease of; returns the ids recorded. The guard
 /// (running, this owner, this claim's token) drops the outcome of a lease that expired and was
 /// rescued: the current holder decides that item.
+///
+/// The guard's status and owner come from the fenced (`OFFSET 0`) row source, not as constants,
+/// so that the only way into `enrichment_items` is its primary key, one lookup per outcome. As
+/// constants they matched the partial index of running items by owner, whose row estimate is
+/// whatever the last ANALYZE saw (often none): the planner then scanned this worker's leases
+/// and, for each, every outcome of the batch again (`auto_explain`: 260 ms per 512 outcomes,
+/// the whole engine waiting on it).
 async fn record_finishes(
     conn: &mut PgConnection,
     worker: &str,
@@ -408,13 +415,15 @@ async fn record_finishes(
          provider_submitted_at = coalesce(v.submitted_at, e.provider_submitted_at), \
          provider_callback = CASE WHEN v.clear_callback THEN NULL ELSE e.provider_callback END, \
          lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
-             $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::text[], \
-             $13::text[], $16::text[], $17::int8[], $18::bool[]) \
-             AS v(id, status, result, skipped, error, attempts, input_snapshot, lead_snapshot, \
-                  raw_result, provider, due_at, completed_at, token, submission_id, \
-                  submitted_at, clear_callback) \
-         WHERE e.id = v.id AND e.status = 'running' AND e.lease_owner = $15 \
+         FROM (SELECT u.*, 'running'::text AS held_status, $15::text AS held_by \
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                   $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], \
+                   $12::text[], $13::text[], $16::text[], $17::int8[], $18::bool[]) \
+               AS u(id, status, result, skipped, error, attempts, input_snapshot, \
+                    lead_snapshot, raw_result, provider, due_at, completed_at, token, \
+                    submission_id, submitted_at, clear_callback) \
+               OFFSET 0) AS v \
+         WHERE e.id = v.id AND e.status = v.held_status AND e.lease_owner = v.held_by \
              AND e.lease_token = v.token \
          RETURNING e.id",
     )
