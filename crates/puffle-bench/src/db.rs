@@ -366,9 +366,9 @@ impl Db {
                     let ids = sqlx::query_scalar(&format!(
                         "UPDATE {table} SET status = 'running', lease_owner = 'bench', \
                          lease_token = 't', started_at = now(), updated_at = now() \
-                         WHERE id IN (SELECT id FROM {table} WHERE run_id::text = $1 \
+                         WHERE id IN (SELECT id FROM {table} WHERE run_id = $1 \
                          AND status = 'pending' ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                         RETURNING id::text"
+                         RETURNING id"
                     ))
                     .bind(run_id)
                     .bind(batch as i64)
@@ -415,14 +415,18 @@ impl Db {
                         let mut tx = p.begin().await?;
                         let (ids, values): (Vec<String>, Vec<String>) = results.into_iter().unzip();
                         // Cast the text results to the column's own type, whatever the migration chose.
+                        // The lease guard comes from the fenced row source, as in the worker's own
+                        // finish (see puffle-store), so the items are reached by primary key.
                         let n = sqlx::query(&format!(
                             "UPDATE {table} AS t SET status = 'completed', \
                          result = CAST(v.result AS {ty}), attempts = t.attempts + 1, \
                          completed_at = now(), updated_at = now(), lease_owner = NULL, \
                          lease_token = NULL, lease_expires_at = NULL \
-                         FROM (SELECT unnest($1::text[]) AS id, unnest($2::text[]) AS result) v \
-                         WHERE t.id::text = v.id AND t.status = 'running' \
-                         AND t.lease_owner = 'bench'",
+                         FROM (SELECT u.*, 'running'::text AS held_status, \
+                               'bench'::text AS held_by \
+                               FROM unnest($1::text[], $2::text[]) AS u(id, result) OFFSET 0) v \
+                         WHERE t.id = v.id AND t.status = v.held_status \
+                         AND t.lease_owner = v.held_by",
                             ty = self.pg_column_type("result").await?,
                         ))
                         .bind(&ids)
