@@ -35,6 +35,7 @@ async fn conformance(store: &dyn Store) {
     keys_authenticate_until_revoked(store).await;
     leads_dedupe_and_stay_in_their_workspace(store).await;
     list_membership_respects_lead_type(store).await;
+    the_worker_reads_leads_with_their_lists(store).await;
     nul_characters_are_stored_not_fatal(store).await;
     list_runs_take_members_in_lead_order(store).await;
     runs::runs_claim_finish_and_count(store).await;
@@ -280,6 +281,72 @@ async fn leads_dedupe_and_stay_in_their_workspace(store: &dyn Store) {
         ..LeadQuery::default()
     };
     assert_eq!(store.leads(&a, &query).await.unwrap().leads.len(), 1);
+}
+
+/// The worker reads a batch's leads with their lists (the all list first, then by id), as the
+/// lead snapshots of items show them; ids of another workspace or of no lead are not answered.
+async fn the_worker_reads_leads_with_their_lists(store: &dyn Store) {
+    let ws = workspace_of(store, 3).await;
+    let (acme, _) = store
+        .create_lead(
+            &ws,
+            lead(json!({"type": "company", "name": "Acme \"Inc\"", "domain": "acme-lists.io"})),
+        )
+        .await
+        .unwrap();
+    let (bare, _) = store
+        .create_lead(
+            &ws,
+            lead(json!({"type": "company", "domain": "bare-lists.io"})),
+        )
+        .await
+        .unwrap();
+    let mut lists = Vec::new();
+    for name in ["Zeta ünïcode", "Alpha"] {
+        let list = store
+            .create_list(
+                &ws,
+                NewList {
+                    name: name.into(),
+                    description: None,
+                    lead_type: ListLeadType::Company,
+                    lead_ids: vec![acme.id.clone()],
+                },
+            )
+            .await
+            .unwrap();
+        lists.push(list);
+    }
+    let ids = vec![acme.id.clone(), bare.id.clone(), "no-such-lead".to_string()];
+    let mut read = store.leads_by_id(&ws, &ids).await.unwrap();
+    read.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut expected = Vec::new();
+    for id in [&acme.id, &bare.id] {
+        let query = LeadQuery {
+            id: Some(id.clone()),
+            limit: 10,
+            ..LeadQuery::default()
+        };
+        expected.extend(store.leads(&ws, &query).await.unwrap().leads);
+    }
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(read, expected, "the worker reads the leads the API shows");
+    let with_lists = read.iter().find(|l| l.id == acme.id).unwrap();
+    let names: Vec<&str> = with_lists.lists.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names[0], "all", "the all list first");
+    let mut rest: Vec<&puffle_domain::list::List> = lists.iter().collect();
+    rest.sort_by(|a, b| a.id.cmp(&b.id));
+    let rest: Vec<&str> = rest.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names[1..], rest[..], "then by list id");
+    assert_eq!(
+        read.iter().find(|l| l.id == bare.id).unwrap().lists.len(),
+        1
+    );
+
+    let other = workspace_of(store, 5).await;
+    assert!(store.leads_by_id(&other, &ids).await.unwrap().is_empty());
+    assert!(store.leads_by_id(&ws, &[]).await.unwrap().is_empty());
 }
 
 async fn list_membership_respects_lead_type(store: &dyn Store) {
