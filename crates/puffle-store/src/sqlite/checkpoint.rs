@@ -64,3 +64,66 @@ async fn checkpoint_every(pool: SqlitePool, every: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+    use std::time::{Duration, Instant};
+
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Connection};
+
+    use crate::sqlite::SqliteStore;
+
+    /// What is committed reaches the database file itself within a few checkpoint periods, long
+    /// before the writer's own checkpoint (16,384 pages) would copy it: the file alone, copied
+    /// aside without its WAL, holds the row. (With the checkpointer's period set to an hour,
+    /// this fails.)
+    #[tokio::test]
+    async fn commits_reach_the_database_file_without_the_writers_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("puffle-wal-{}", puffle_domain::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("puffle.db");
+        let store = SqliteStore::open(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE probe (x TEXT)")
+            .execute(&store.write)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO probe VALUES ('committed')")
+            .execute(&store.write)
+            .await
+            .unwrap();
+
+        let copy = dir.join("copy.db");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let found = loop {
+            std::fs::copy(&db, &copy).unwrap();
+            // A copy taken mid-checkpoint may not open yet: try again.
+            let opened = SqliteConnectOptions::from_str(&format!("sqlite://{}", copy.display()))
+                .unwrap()
+                .connect()
+                .await;
+            let seen: Option<String> = match opened {
+                Ok(mut conn) => {
+                    let row = sqlx::query_scalar("SELECT x FROM probe")
+                        .fetch_optional(&mut conn)
+                        .await
+                        .ok()
+                        .flatten();
+                    let _ = conn.close().await;
+                    row
+                }
+                Err(_) => None,
+            };
+            if seen.is_some() || Instant::now() > deadline {
+                break seen;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(found.as_deref(), Some("committed"));
+    }
+}
