@@ -39,6 +39,7 @@ async fn conformance(store: &dyn Store) {
     nul_characters_are_stored_not_fatal(store).await;
     list_runs_take_members_in_lead_order(store).await;
     runs::runs_claim_finish_and_count(store).await;
+    runs::large_finish_batches_record_each_item(store).await;
     provider_cache_expires(store).await;
     webhooks_are_queued_claimed_and_recorded(store).await;
     throttles::throttles_on_one_handle(store).await;
@@ -620,6 +621,114 @@ mod runs {
             raw_result: None,
             provider: Some("test".into()),
         }
+    }
+
+    /// A batch of finishes larger than one statement (SQLite splits it into several) records
+    /// each item's own outcome and lead attribute, leaves an item under another lease alone
+    /// wherever it falls in the batch, and counts exactly.
+    pub async fn large_finish_batches_record_each_item(store: &dyn Store) {
+        const N: usize = 300;
+        let caller = store.authenticate(&key(3)).await.unwrap().unwrap();
+        let ws = caller.user.workspace_id.clone();
+        let mut ids = Vec::new();
+        for i in 0..N {
+            let (l, _) = store
+                .create_lead(
+                    &ws,
+                    lead(json!({"type": "company", "domain": format!("big{i}.io")})),
+                )
+                .await
+                .unwrap();
+            ids.push(l.id);
+        }
+        let targets = store.resolve_targets(&ws, &ids, None).await.unwrap();
+        let (run, _) = store
+            .create_run(super::sample_run(&ws, &caller.user.id, targets, None))
+            .await
+            .unwrap();
+        let mut claimed = Vec::new();
+        while claimed.len() < N {
+            let batch = store.claim_items("w-big", N, 1_000, 61_000).await.unwrap();
+            assert!(!batch.is_empty(), "{} of {N} claimed", claimed.len());
+            let (mine, others): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(|c| c.run_id == run.id);
+            let others: Vec<String> = others.into_iter().map(|c| c.id).collect();
+            store.release_items("w-big", &others).await.unwrap();
+            claimed.extend(mine);
+        }
+        // Item 297 falls in the batch's last, smallest statement on SQLite (256 + 32 + 8 + 4).
+        let lost = 297;
+        let finishes: Vec<Finish> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let value = json!(format!("{}.example", c.lead_id));
+                Finish {
+                    lease_token: if i == lost {
+                        "not-the-claim".into()
+                    } else {
+                        c.lease_token.clone()
+                    },
+                    ..done(
+                        c,
+                        FinishOutcome::Completed {
+                            result: Some(json!({"domain": value})),
+                            write: Some(crate::AttributeWrite {
+                                target: puffle_domain::run::OutputTarget::Lead,
+                                workspace_id: ws.clone(),
+                                lead_id: c.lead_id.clone(),
+                                membership_id: None,
+                                key: "company_domain".into(),
+                                value,
+                            }),
+                        },
+                    )
+                }
+            })
+            .collect();
+        assert_eq!(
+            store.finish_items("w-big", finishes, 2_000).await.unwrap(),
+            N as u64 - 1
+        );
+        let counts = store.run_for_worker(&run.id).await.unwrap().counts;
+        assert_eq!((counts.completed, counts.running), (N as i64 - 1, 1));
+        let leads: std::collections::HashMap<String, _> = store
+            .leads_by_id(&ws, &ids)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.id.clone(), l))
+            .collect();
+        let mut after = None;
+        let mut seen = 0;
+        loop {
+            let query = ItemQuery {
+                after: after.clone(),
+                limit: 100,
+                ..ItemQuery::default()
+            };
+            let (page, _) = store.items(&run.id, &query).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for item in &page {
+                seen += 1;
+                let expected = json!(format!("{}.example", item.lead_id));
+                if item.id == claimed[lost].id {
+                    assert_eq!((item.status, &item.result), (ItemStatus::Running, &None));
+                    continue;
+                }
+                assert_eq!(item.status, ItemStatus::Completed, "{}", item.id);
+                assert_eq!(
+                    item.result,
+                    Some(json!({"domain": expected})),
+                    "{}",
+                    item.id
+                );
+                let attributes = &leads[&item.lead_id].attributes;
+                assert_eq!(attributes.get("company_domain"), Some(&expected));
+            }
+        }
+        assert_eq!(seen, N);
     }
 
     /// Charge once, claim under a lease, finish only while holding it, keep counts exact.

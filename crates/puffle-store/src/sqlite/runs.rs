@@ -69,7 +69,26 @@ async fn insert_items(
 
 // Statements whose length follows the batch are built with `persistent(false)`: the
 // per-connection statement cache would keep one prepared statement per batch size seen, large
-// ones hundreds of KiB each, and the server's memory would grow with every new size.
+// ones hundreds of KiB each, and the server's memory would grow with every new size. The finish,
+// on the engine's hot path, instead comes in a few fixed sizes (`finish_shapes`) that stay
+// prepared: preparing its statement for a full batch costs about as much as running it.
+
+/// The largest finish statement, in rows: the worker's claim batch.
+const FINISH_SHAPE_MAX: usize = 256;
+
+/// Split `rows` into chunks whose sizes are powers of two up to [`FINISH_SHAPE_MAX`], largest
+/// first: any batch is at most a few statements, and the writer's statement cache holds at
+/// most one prepared statement per size (nine), however the batches vary.
+fn finish_shapes<T>(mut rows: &[T]) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    while !rows.is_empty() {
+        let size = FINISH_SHAPE_MAX.min(1 << rows.len().ilog2());
+        let (chunk, rest) = rows.split_at(size);
+        chunks.push(chunk);
+        rows = rest;
+    }
+    chunks
+}
 
 /// The UPDATE recording `chunk`'s outcomes, each only if `worker` still holds the item under the
 /// lease it was claimed with; `returning`: answer the ids of the items recorded.
@@ -131,8 +150,8 @@ fn finish_update<'a>(
 const INSERT_CHUNK: usize = 1000;
 /// Active runs considered per claim (round-robin by least recently claimed).
 const CLAIM_RUNS: i64 = 16;
-/// Finishes per transaction: one multi-row UPDATE of 16 bound values each, well below SQLite's
-/// limit of 32,766, and above the worker's batch of 512.
+/// Finishes per transaction, above the worker's batch of 512 (its UPDATEs take 16 bound values
+/// per row, at most [`FINISH_SHAPE_MAX`] rows each: far below SQLite's limit of 32,766).
 const FINISH_CHUNK: usize = 1024;
 
 async fn load_run(conn: &mut SqliteConnection, id: &str) -> Result<Run> {
@@ -471,20 +490,24 @@ async fn record_finishes(
 ) -> Result<Option<u64>> {
     let mut tx = pool.begin().await?;
     end_retries_of_stopped_runs(&mut tx, rows, now).await?;
-    let mut update = finish_update(rows, worker, now, returning);
-    let update = update.build().persistent(false);
-    let recorded: Option<HashSet<String>> = if returning {
-        let ids = update.fetch_all(&mut *tx).await?;
-        let ids = ids.iter().map(|row| row.try_get(0));
-        Some(ids.collect::<std::result::Result<_, _>>()?)
-    } else {
-        let done = update.execute(&mut *tx).await?;
-        if done.rows_affected() != rows.len() as u64 {
-            tx.rollback().await?;
-            return Ok(None);
+    let mut ids: HashSet<String> = HashSet::new();
+    let mut affected = 0;
+    for chunk in finish_shapes(rows) {
+        let mut update = finish_update(chunk, worker, now, returning);
+        let update = update.build();
+        if returning {
+            for row in update.fetch_all(&mut *tx).await? {
+                ids.insert(row.try_get(0)?);
+            }
+        } else {
+            affected += update.execute(&mut *tx).await?.rows_affected();
         }
-        None
-    };
+    }
+    if !returning && affected != rows.len() as u64 {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let recorded = returning.then_some(ids);
     let mut deltas = CountDeltas::default();
     let mut writes = Vec::new();
     for r in rows.iter() {
@@ -1139,6 +1162,27 @@ mod tests {
             .await
             .unwrap();
         serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn finish_batches_split_into_a_few_cached_shapes_in_order() {
+        let mut sizes_seen = HashSet::new();
+        for n in 0..=1024usize {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks = finish_shapes(&rows);
+            assert_eq!(chunks.concat(), rows, "every row once, in order (n = {n})");
+            for c in &chunks {
+                assert!(c.len().is_power_of_two() && c.len() <= FINISH_SHAPE_MAX);
+                sizes_seen.insert(c.len());
+            }
+            let below_max = n % FINISH_SHAPE_MAX;
+            assert_eq!(
+                chunks.len(),
+                n / FINISH_SHAPE_MAX + below_max.count_ones() as usize,
+                "n = {n}"
+            );
+        }
+        assert_eq!(sizes_seen.len(), 9, "1, 2, 4, … 256");
     }
 
     #[tokio::test]
