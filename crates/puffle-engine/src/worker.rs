@@ -81,6 +81,7 @@ impl WorkerPool {
             config,
             worker_id,
             held: Mutex::new(HashSet::new()),
+            recording: Mutex::new(HashSet::new()),
             next_retry_ms: Mutex::new(None),
             finished: Notify::new(),
             metrics,
@@ -113,6 +114,9 @@ struct Shared {
     worker_id: String,
     /// Items this worker holds whose outcome has not been handed to the writer yet.
     held: Mutex<HashSet<String>>,
+    /// Items whose outcome the writer has, until it is recorded (or given up on): their leases
+    /// are still this worker's to keep alive.
+    recording: Mutex<HashSet<String>>,
     /// The earliest time (unix ms) a retry this worker scheduled falls due, so an idle worker
     /// wakes for it instead of waiting for the next poll.
     next_retry_ms: Mutex<Option<i64>>,
@@ -124,6 +128,17 @@ struct Shared {
 impl Shared {
     fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn recording(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.recording.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every item whose lease this worker keeps alive: held, or with its outcome on the way.
+    fn leased(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.held().iter().cloned().collect();
+        ids.extend(self.recording().iter().cloned());
+        ids
     }
 
     fn retry_scheduled(&self, due_ms: i64) {
@@ -679,6 +694,7 @@ async fn execute_item(
 fn hand_over(shared: &Shared, done: &mpsc::UnboundedSender<Finish>, finish: Finish) {
     count_outcome(shared, &finish);
     let id = finish.item_id.clone();
+    shared.recording().insert(id.clone());
     let _ = done.send(finish);
     shared.held().remove(&id);
     shared.finished.notify_one();
@@ -751,6 +767,10 @@ async fn write_outcomes(
                 }
             }
         }
+        let mut recording = shared.recording();
+        for finish in &batch {
+            recording.remove(&finish.item_id);
+        }
     }
 }
 
@@ -759,7 +779,12 @@ async fn heartbeat(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(every).await;
         let until = now_ms() + ms(shared.config.lease);
-        if let Err(e) = shared.store.heartbeat(&shared.worker_id, until).await {
+        let leased = shared.leased();
+        if let Err(e) = shared
+            .store
+            .heartbeat(&shared.worker_id, &leased, until)
+            .await
+        {
             tracing::warn!(error = %e, "extending leases failed");
         }
     }

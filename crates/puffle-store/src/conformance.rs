@@ -40,6 +40,7 @@ async fn conformance(store: &dyn Store) {
     list_runs_take_members_in_lead_order(store).await;
     runs::runs_claim_finish_and_count(store).await;
     runs::large_finish_batches_record_each_item(store).await;
+    runs::heartbeats_extend_only_the_named_leases(store).await;
     provider_cache_expires(store).await;
     webhooks_are_queued_claimed_and_recorded(store).await;
     throttles::throttles_on_one_handle(store).await;
@@ -729,6 +730,67 @@ mod runs {
             }
         }
         assert_eq!(seen, N);
+    }
+
+    /// A heartbeat extends the leases it names that the worker holds, and no other: an item the
+    /// worker leased but does not name (it never learned of the claim) expires and is rescued.
+    pub async fn heartbeats_extend_only_the_named_leases(store: &dyn Store) {
+        let caller = store.authenticate(&key(3)).await.unwrap().unwrap();
+        let ws = caller.user.workspace_id.clone();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let (l, _) = store
+                .create_lead(
+                    &ws,
+                    lead(json!({"type": "company", "domain": format!("hb{i}.io")})),
+                )
+                .await
+                .unwrap();
+            ids.push(l.id);
+        }
+        let targets = store.resolve_targets(&ws, &ids, None).await.unwrap();
+        let (run, _) = store
+            .create_run(super::sample_run(&ws, &caller.user.id, targets, None))
+            .await
+            .unwrap();
+        let mut claimed = Vec::new();
+        while claimed.len() < 3 {
+            let batch = store.claim_items("w-hb", 3, 1_000, 61_000).await.unwrap();
+            assert!(!batch.is_empty(), "{} of 3 claimed", claimed.len());
+            let (mine, others): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(|c| c.run_id == run.id);
+            let others: Vec<String> = others.into_iter().map(|c| c.id).collect();
+            store.release_items("w-hb", &others).await.unwrap();
+            claimed.extend(mine);
+        }
+        let (kept, stolen, forgotten) = (&claimed[0].id, &claimed[1].id, &claimed[2].id);
+        store
+            .heartbeat("w-hb", std::slice::from_ref(kept), 500_000)
+            .await
+            .unwrap();
+        // Another worker naming an item does not extend a lease it does not hold.
+        store
+            .heartbeat("w-other", std::slice::from_ref(stolen), 500_000)
+            .await
+            .unwrap();
+        store.heartbeat("w-hb", &[], 500_000).await.unwrap();
+        assert!(store.rescue_expired(100_000).await.unwrap() >= 2);
+        let (items, _) = store
+            .items(
+                &run.id,
+                &ItemQuery {
+                    limit: 10,
+                    ..ItemQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        let status_of = |id: &String| items.iter().find(|i| &i.id == id).unwrap().status;
+        assert_eq!(status_of(kept), ItemStatus::Running);
+        assert_eq!(status_of(stolen), ItemStatus::Pending);
+        assert_eq!(status_of(forgotten), ItemStatus::Pending);
+        let counts = store.run_for_worker(&run.id).await.unwrap().counts;
+        assert_eq!((counts.running, counts.pending), (1, 2));
     }
 
     /// Charge once, claim under a lease, finish only while holding it, keep counts exact.

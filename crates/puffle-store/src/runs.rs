@@ -320,8 +320,11 @@ pub trait RunStore: Send + Sync {
     /// longer the one named by `lease_token` is left alone (its outcome is dropped). Returns how
     /// many were recorded.
     async fn finish_items(&self, worker: &str, finishes: Vec<Finish>, now_ms: i64) -> Result<u64>;
-    /// Extend every lease `worker` holds.
-    async fn heartbeat(&self, worker: &str, lease_until_ms: i64) -> Result<()>;
+    /// Extend the leases of `item_ids` that `worker` still holds. Named, not all of the
+    /// worker's: an item it never learned it leased (a claim whose answer was lost with its
+    /// connection) or failed to hand back must expire and be rescued, not be kept for good.
+    async fn heartbeat(&self, worker: &str, item_ids: &[String], lease_until_ms: i64)
+        -> Result<()>;
     /// Give items back (pending again, no attempt spent).
     async fn release_items(&self, worker: &str, item_ids: &[String]) -> Result<()>;
     /// Make items whose lease expired claimable again. Returns how many.

@@ -1211,16 +1211,26 @@ impl RunStore for PgStore {
         Ok(recorded.len() as u64)
     }
 
-    async fn heartbeat(&self, worker: &str, lease_until_ms: i64) -> Result<()> {
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        item_ids: &[String],
+        lease_until_ms: i64,
+    ) -> Result<()> {
+        if item_ids.is_empty() {
+            return Ok(());
+        }
         // SKIP LOCKED: an item locked right now is being finished, released or rescued, so its
         // lease is about to end anyway; waiting for it could only deadlock with that writer.
         sqlx::query(
             "UPDATE enrichment_items SET lease_expires_at = $1 \
              WHERE status = 'running' AND id IN (SELECT id FROM enrichment_items \
-                 WHERE lease_owner = $2 AND status = 'running' FOR NO KEY UPDATE SKIP LOCKED)",
+                 WHERE id = ANY($3) AND lease_owner = $2 AND status = 'running' \
+                 FOR NO KEY UPDATE SKIP LOCKED)",
         )
         .bind(lease_until_ms)
         .bind(worker)
+        .bind(item_ids)
         .execute(&self.pool)
         .await?;
         Ok(())

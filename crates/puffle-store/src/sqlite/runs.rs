@@ -1007,12 +1007,22 @@ impl RunStore for SqliteStore {
         Ok(recorded)
     }
 
-    async fn heartbeat(&self, worker: &str, lease_until_ms: i64) -> Result<()> {
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        item_ids: &[String],
+        lease_until_ms: i64,
+    ) -> Result<()> {
+        if item_ids.is_empty() {
+            return Ok(());
+        }
         sqlx::query(
             "UPDATE enrichment_items SET lease_expires_at = ? \
-             WHERE lease_owner = ? AND status = 'running'",
+             WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? \
+             AND status = 'running'",
         )
         .bind(lease_until_ms)
+        .bind(serde_json::to_string(item_ids)?)
         .bind(worker)
         .execute(&self.write)
         .await?;
