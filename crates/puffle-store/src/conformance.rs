@@ -624,20 +624,22 @@ mod runs {
         }
     }
 
-    /// A batch of finishes larger than one statement (SQLite splits it into several) records
-    /// each item's own outcome and lead attribute, leaves an item under another lease alone
-    /// wherever it falls in the batch, and counts exactly.
-    pub async fn large_finish_batches_record_each_item(store: &dyn Store) {
-        const N: usize = 300;
+    /// A new free run over `n` new company leads (domains `<tag><i>.io`) with every item
+    /// claimed by `worker` (items of other runs claimed on the way are handed back). Answers
+    /// the workspace, the leads' ids, the run's id and the claimed items in claim order.
+    async fn claimed_run(
+        store: &dyn Store,
+        tag: &str,
+        n: usize,
+        worker: &str,
+    ) -> (String, Vec<String>, String, Vec<crate::ClaimedItem>) {
         let caller = store.authenticate(&key(3)).await.unwrap().unwrap();
         let ws = caller.user.workspace_id.clone();
         let mut ids = Vec::new();
-        for i in 0..N {
+        for i in 0..n {
+            let domain = format!("{tag}{i}.io");
             let (l, _) = store
-                .create_lead(
-                    &ws,
-                    lead(json!({"type": "company", "domain": format!("big{i}.io")})),
-                )
+                .create_lead(&ws, lead(json!({"type": "company", "domain": domain})))
                 .await
                 .unwrap();
             ids.push(l.id);
@@ -648,15 +650,24 @@ mod runs {
             .await
             .unwrap();
         let mut claimed = Vec::new();
-        while claimed.len() < N {
-            let batch = store.claim_items("w-big", N, 1_000, 61_000).await.unwrap();
-            assert!(!batch.is_empty(), "{} of {N} claimed", claimed.len());
+        while claimed.len() < n {
+            let batch = store.claim_items(worker, n, 1_000, 61_000).await.unwrap();
+            assert!(!batch.is_empty(), "{} of {n} claimed", claimed.len());
             let (mine, others): (Vec<_>, Vec<_>) =
                 batch.into_iter().partition(|c| c.run_id == run.id);
             let others: Vec<String> = others.into_iter().map(|c| c.id).collect();
-            store.release_items("w-big", &others).await.unwrap();
+            store.release_items(worker, &others).await.unwrap();
             claimed.extend(mine);
         }
+        (ws, ids, run.id, claimed)
+    }
+
+    /// A batch of finishes larger than one statement (SQLite splits it into several) records
+    /// each item's own outcome and lead attribute, leaves an item under another lease alone
+    /// wherever it falls in the batch, and counts exactly.
+    pub async fn large_finish_batches_record_each_item(store: &dyn Store) {
+        const N: usize = 300;
+        let (ws, ids, run_id, claimed) = claimed_run(store, "big", N, "w-big").await;
         // Item 297 falls in the batch's last, smallest statement on SQLite (256 + 32 + 8 + 4).
         let lost = 297;
         let finishes: Vec<Finish> = claimed
@@ -691,7 +702,7 @@ mod runs {
             store.finish_items("w-big", finishes, 2_000).await.unwrap(),
             N as u64 - 1
         );
-        let counts = store.run_for_worker(&run.id).await.unwrap().counts;
+        let counts = store.run_for_worker(&run_id).await.unwrap().counts;
         assert_eq!((counts.completed, counts.running), (N as i64 - 1, 1));
         let leads: std::collections::HashMap<String, _> = store
             .leads_by_id(&ws, &ids)
@@ -708,7 +719,7 @@ mod runs {
                 limit: 100,
                 ..ItemQuery::default()
             };
-            let (page, _) = store.items(&run.id, &query).await.unwrap();
+            let (page, _) = store.items(&run_id, &query).await.unwrap();
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
             for item in &page {
@@ -735,34 +746,7 @@ mod runs {
     /// A heartbeat extends the leases it names that the worker holds, and no other: an item the
     /// worker leased but does not name (it never learned of the claim) expires and is rescued.
     pub async fn heartbeats_extend_only_the_named_leases(store: &dyn Store) {
-        let caller = store.authenticate(&key(3)).await.unwrap().unwrap();
-        let ws = caller.user.workspace_id.clone();
-        let mut ids = Vec::new();
-        for i in 0..3 {
-            let (l, _) = store
-                .create_lead(
-                    &ws,
-                    lead(json!({"type": "company", "domain": format!("hb{i}.io")})),
-                )
-                .await
-                .unwrap();
-            ids.push(l.id);
-        }
-        let targets = store.resolve_targets(&ws, &ids, None).await.unwrap();
-        let (run, _) = store
-            .create_run(super::sample_run(&ws, &caller.user.id, targets, None))
-            .await
-            .unwrap();
-        let mut claimed = Vec::new();
-        while claimed.len() < 3 {
-            let batch = store.claim_items("w-hb", 3, 1_000, 61_000).await.unwrap();
-            assert!(!batch.is_empty(), "{} of 3 claimed", claimed.len());
-            let (mine, others): (Vec<_>, Vec<_>) =
-                batch.into_iter().partition(|c| c.run_id == run.id);
-            let others: Vec<String> = others.into_iter().map(|c| c.id).collect();
-            store.release_items("w-hb", &others).await.unwrap();
-            claimed.extend(mine);
-        }
+        let (_, _, run_id, claimed) = claimed_run(store, "hb", 3, "w-hb").await;
         let (kept, stolen, forgotten) = (&claimed[0].id, &claimed[1].id, &claimed[2].id);
         store
             .heartbeat("w-hb", std::slice::from_ref(kept), 500_000)
@@ -777,7 +761,7 @@ mod runs {
         assert!(store.rescue_expired(100_000).await.unwrap() >= 2);
         let (items, _) = store
             .items(
-                &run.id,
+                &run_id,
                 &ItemQuery {
                     limit: 10,
                     ..ItemQuery::default()
@@ -789,7 +773,7 @@ mod runs {
         assert_eq!(status_of(kept), ItemStatus::Running);
         assert_eq!(status_of(stolen), ItemStatus::Pending);
         assert_eq!(status_of(forgotten), ItemStatus::Pending);
-        let counts = store.run_for_worker(&run.id).await.unwrap().counts;
+        let counts = store.run_for_worker(&run_id).await.unwrap().counts;
         assert_eq!((counts.running, counts.pending), (1, 2));
     }
 
