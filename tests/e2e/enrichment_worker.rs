@@ -587,6 +587,37 @@ async fn custom_ai_calls_an_openai_compatible_endpoint() {
 
 // --- restarts and fairness --------------------------------------------------------------------
 
+/// The heartbeat keeps the leases of the items the worker is executing: a provider slower than
+/// the lease is called once per item, and no item is rescued and run a second time.
+#[tokio::test]
+async fn items_executing_longer_than_their_lease_keep_it_and_run_once() {
+    const N: usize = 4;
+    let app = TestApp::spawn_for_providers_with(|c| {
+        c.engine.concurrency = N;
+        c.engine.lease = Duration::from_millis(600);
+    })
+    .await;
+    let p = Provider::start(|r| {
+        Reply::json(json!({"value": {"call": r.index}})).after(Duration::from_millis(2_000))
+    })
+    .await;
+    let leads = app.companies("slow", N, None).await;
+    let id = app
+        .start_run(json!({"enrichmentId": "custom_http",
+                          "input": {"url": p.url("/slow"), "resultPointer": "/value"},
+                          "scope": explicit(&leads)}))
+        .await;
+    let run = app.wait_run_for(&id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    let items = app.all_items(&id).await;
+    assert_eq!(items.len(), N);
+    for item in &items {
+        assert_eq!(item["status"], "completed", "{item}");
+        assert_eq!(item["attempts"], 1, "{item}");
+    }
+    assert_eq!(p.count(), N, "each item called its provider once");
+}
+
 #[tokio::test]
 async fn a_restart_mid_run_loses_nothing_and_writes_each_result_once() {
     const N: usize = 60;

@@ -9,8 +9,8 @@
 //! It cannot replace the writer's checkpoint: beside a busy writer a passive checkpoint never
 //! reaches the WAL's end, and only a checkpoint that did lets the WAL start over. Alone (the
 //! writer's threshold raised to 256 MiB), it was measured slower: quick `engine_instant`
-//! 15.5k–16.7k items/s against 18.8k. The writer keeps its automatic checkpoint, which now finds little left to
-//! copy, and restarts the WAL as before.
+//! 15.5k–16.7k items/s against 18.8k. The writer keeps its automatic checkpoint, which now
+//! finds little left to copy, and restarts the WAL as before.
 
 use std::time::Duration;
 
