@@ -4,6 +4,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+use crate::support::{own_priority, thread_priorities};
+
 /// Start `puffle serve` in `dir` on a free port; returns the child, its base URL and what it
 /// printed on stderr up to the "listening" line.
 fn serve(dir: &std::path::Path) -> (Child, String, Vec<String>) {
@@ -88,6 +90,29 @@ async fn serve_on_an_empty_folder_prints_a_key_and_stops_cleanly() {
     assert_eq!(account["workspace"]["name"], "default");
     assert_eq!(account["user"]["email"], "admin@localhost");
     assert_eq!(account["credits"]["balance"], 1000);
+
+    // Background work yields to requests: the engine's threads and the SQLite writer run at a
+    // lower priority than the threads answering the API.
+    let threads = thread_priorities(child.id());
+    let own = own_priority();
+    let of = |name: &str| -> Vec<i64> {
+        threads
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, nice)| *nice)
+            .collect()
+    };
+    for background in ["puffle-engine", "puffle-writer", "puffle-wal-ckpt"] {
+        let nices = of(background);
+        assert!(!nices.is_empty(), "no {background} thread: {threads:?}");
+        assert!(nices.iter().all(|n| *n >= 10), "{background}: {threads:?}");
+    }
+    let api = of("tokio-rt-worker");
+    assert!(!api.is_empty(), "{threads:?}");
+    assert!(
+        api.iter().all(|n| *n == own),
+        "API threads keep the priority: {threads:?}"
+    );
 
     let out = tokio::task::spawn_blocking(move || terminate(child))
         .await

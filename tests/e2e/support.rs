@@ -1670,3 +1670,35 @@ impl LoggedServe {
         (exit, self.lines.try_iter().collect())
     }
 }
+
+/// The scheduling priority (nice value) of each thread of process `pid`, by thread name
+/// (Linux: read from `/proc`).
+pub fn thread_priorities(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    for task in tasks.flatten() {
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        out.push((comm.trim_end().to_string(), nice_in_stat(&stat)));
+    }
+    out
+}
+
+/// The calling thread's nice value.
+pub fn own_priority() -> i64 {
+    nice_in_stat(&std::fs::read_to_string("/proc/thread-self/stat").expect("own stat"))
+}
+
+/// The nice value in a `/proc/…/stat` line: field 19, the 17th after the parenthesised name.
+fn nice_in_stat(stat: &str) -> i64 {
+    let after_name = &stat[stat.rfind(')').expect("a stat line") + 2..];
+    after_name
+        .split(' ')
+        .nth(16)
+        .and_then(|n| n.parse().ok())
+        .expect("a nice value")
+}

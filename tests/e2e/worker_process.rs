@@ -49,6 +49,9 @@ async fn a_worker_process_runs_what_an_api_only_server_accepts() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(done["status"], "completed", "{done}");
+    // A worker process only executes runs: all of it yields to interactive work.
+    let threads = thread_priorities(worker.id());
+    assert!(threads.iter().all(|(_, nice)| *nice >= 10), "{threads:?}");
     assert_eq!(done["scope"]["counts"]["completed"], 30);
     let lead = app.get_lead(&leads[0]).await.expect("lead exists");
     assert!(

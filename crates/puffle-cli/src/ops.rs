@@ -302,6 +302,9 @@ pub async fn worker(args: WorkerArgs) -> ExitCode {
     finish(
         async {
             let engine = args.engine.config()?;
+            // A worker process only executes runs: anything interactive on its machine (an API
+            // server, a shell) runs first when they compete for a core.
+            puffle_store::priority::lower_this_process();
             let store = open(&args.db).await?;
             let catalog = std::sync::Arc::new(puffle_server::Catalog::new(&engine));
             // Runs created by other processes are found by the worker's poll.

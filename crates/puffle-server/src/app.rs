@@ -11,6 +11,7 @@ use puffle_store::Store;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::engine_runtime::EngineRuntime;
 use crate::limits::{RateLimit, RateLimiter};
 
 /// How to run the server.
@@ -95,7 +96,7 @@ pub struct Running {
     pub bootstrap_key: Option<ApiKey>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
-    workers: Option<WorkerPool>,
+    workers: Option<EngineRuntime>,
 }
 
 impl Running {
@@ -126,15 +127,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let catalog = Arc::new(Catalog::new(&config.engine));
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(crate::routes::Metrics::default());
-    let workers = config.run_worker.then(|| {
-        WorkerPool::start_observed(
-            store.clone(),
-            catalog.clone(),
-            config.engine.clone(),
-            wake.clone(),
-            metrics.engine.clone(),
-        )
-    });
+    let workers = if config.run_worker {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let runtime = EngineRuntime::start(threads, || {
+            WorkerPool::start_observed(
+                store.clone(),
+                catalog.clone(),
+                config.engine.clone(),
+                wake.clone(),
+                metrics.engine.clone(),
+            )
+        })
+        .context("starting the worker pool's runtime")?;
+        Some(runtime)
+    } else {
+        None
+    };
     let state = AppState {
         store,
         prices: Arc::new(Prices::default()),

@@ -2,6 +2,7 @@
 
 mod app;
 mod auth;
+mod engine_runtime;
 mod error;
 mod extract;
 mod limits;

@@ -4,6 +4,7 @@
 
 mod keys;
 mod postgres;
+pub mod priority;
 mod rows;
 mod runs;
 pub mod scratch;

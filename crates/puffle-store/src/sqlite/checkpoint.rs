@@ -26,6 +26,9 @@ const EVERY: Duration = Duration::from_millis(500);
 /// that item and lead pages rewritten between checkpoints are copied once.
 pub const WRITER_CHECKPOINT_PAGES: &str = "16384";
 
+/// The name of the checkpointing connection's thread (a background thread: see `priority`).
+const THREAD: &str = "puffle-wal-ckpt";
+
 /// Checkpoints the WAL of one database until dropped.
 pub struct Checkpointer {
     task: JoinHandle<()>,
@@ -35,7 +38,13 @@ impl Checkpointer {
     pub async fn start(options: SqliteConnectOptions) -> sqlx::Result<Checkpointer> {
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options)
+            .after_connect(|_, _| {
+                Box::pin(async {
+                    crate::priority::lower_threads_named(THREAD);
+                    Ok(())
+                })
+            })
+            .connect_with(options.thread_name(|_| THREAD.to_string()))
             .await?;
         Ok(Checkpointer {
             task: tokio::spawn(checkpoint_every(pool, EVERY)),

@@ -19,6 +19,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::keys::{hash_key, hashes_match};
+use crate::priority;
 use crate::rows::{lead_from, lead_type_from, list_from, user_from, LEAD_SELECT, LIST_SELECT};
 use crate::{
     Caller, Imported, KeyInfo, LeadEdit, LeadPage, LeadQuery, LedgerEntry, ListPatch, MemberPage,
@@ -26,6 +27,9 @@ use crate::{
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The name of the writer connection's thread.
+const WRITER_THREAD: &str = "puffle-writer";
 
 mod checkpoint;
 mod runs;
@@ -50,11 +54,20 @@ impl SqliteStore {
         let in_memory = url.contains(":memory:");
         // Most of the WAL is checkpointed by a connection of its own; the writer's automatic
         // checkpoint copies only the rest and lets the WAL start over (see `checkpoint`).
+        // The writer mostly records what the engine did: it runs as background work (see
+        // `priority`), readers do not.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .after_connect(|_, _| {
+                Box::pin(async {
+                    priority::lower_threads_named(WRITER_THREAD);
+                    Ok(())
+                })
+            })
             .connect_with(
                 options
                     .clone()
+                    .thread_name(|_| WRITER_THREAD.to_string())
                     .pragma("wal_autocheckpoint", checkpoint::WRITER_CHECKPOINT_PAGES),
             )
             .await?;
