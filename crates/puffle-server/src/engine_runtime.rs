@@ -30,7 +30,7 @@ impl EngineRuntime {
         })
     }
 
-    /// Stop the pool (see [`WorkerPool::shutdown`]), then its runtime.
+    /// Stop the pool (see [`WorkerPool::shutdown`]); its runtime stops as this is dropped.
     pub async fn shutdown(mut self) {
         if let Some(pool) = self.pool.take() {
             pool.shutdown().await;

@@ -56,7 +56,7 @@ fn lower(tid: u32) {
 #[cfg(not(target_os = "linux"))]
 fn lower(_tid: u32) {}
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
@@ -65,7 +65,6 @@ mod tests {
         unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) }
     }
 
-    #[cfg(target_os = "linux")]
     #[test]
     fn threads_are_lowered_by_name_and_others_keep_their_priority() {
         let named = std::thread::Builder::new()
