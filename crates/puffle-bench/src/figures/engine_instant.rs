@@ -10,7 +10,7 @@ use super::Ctx;
 use crate::report::{Bar, Figure};
 use crate::stats::median;
 
-/// Batch sizes the raw loop tries; the fastest counts. 256 is the worker's claim batch.
+/// Batch sizes the raw loop tries; the fastest counts. 512 is the worker's claim batch.
 const RAW_BATCHES: [usize; 3] = [256, 512, 1024];
 
 pub async fn figure(ctx: &Ctx, runs: &[Executed]) -> Result<Figure> {

@@ -73,7 +73,7 @@ async fn insert_items(
 // on the engine's hot path, instead comes in a few fixed sizes (`finish_shapes`) that stay
 // prepared: preparing its statement for a full batch costs about as much as running it.
 
-/// The largest finish statement, in rows: the worker's claim batch.
+/// The largest finish statement, in rows (a full batch of the worker's outcomes, 512, is two).
 const FINISH_SHAPE_MAX: usize = 256;
 
 /// Split `rows` into chunks whose sizes are powers of two up to [`FINISH_SHAPE_MAX`], largest
