@@ -264,8 +264,7 @@ async fn claim_ahead(
         } else {
             (slots + ahead, (slots / 4).max(1))
         };
-        let held = shared.held().len();
-        let want = claim_size(held, shared.recording().len(), limit, least);
+        let want = claim_size(shared.held().len(), shared.recording().len(), limit, least);
         if want == 0 {
             tokio::select! {
                 _ = shared.finished.notified() => {}
