@@ -58,6 +58,11 @@ impl Api {
         })
     }
 
+    /// The same server and key with a client of its own, for a thread with its own runtime.
+    pub fn with_new_client(&self) -> Result<Api> {
+        Api::new(&self.base, &self.key)
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Value> {
         let resp = req
             .bearer_auth(&self.key)

@@ -2,6 +2,7 @@
 //! each, wait until they are ready, read their memory, stop them.
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -158,6 +159,22 @@ impl Launcher {
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
+        // SAFETY: between fork and exec only async-signal-safe calls: setsid and prctl.
+        unsafe {
+            cmd.pre_exec(|| {
+                // A session of its own, as a service manager starts each service. Linux shares
+                // the CPU between sessions (autogroups) before it weighs their threads: in the
+                // harness's session, the server's request threads would be weighed together with
+                // the worker's and the harness's CPU use, which no deployment does.
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Out of the terminal's process group, Ctrl-C no longer reaches it: it goes
+                // when the harness goes.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {} {}", self.bin.display(), args.join(" ")))?;

@@ -8,6 +8,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::json;
 
 use super::{instant_run_body, Ctx};
+use crate::api::{Api, RunStatus};
 use crate::process::Fleet;
 use crate::report::{Bar, Figure};
 use crate::stats::Latency;
@@ -32,42 +33,86 @@ fn peak_mib(fleet: &Fleet) -> Result<(f64, serde_json::Value)> {
     Ok((peak, by_name.into()))
 }
 
+/// What watching one run saw.
+struct Watch {
+    last: RunStatus,
+    status_lat: Vec<Duration>,
+    health_lat: Vec<Duration>,
+    /// (items done, peak MiB), every [`MEMORY_EVERY`] polls.
+    series: Vec<(i64, f64)>,
+    /// The first point of `series` at or past a tenth of the run.
+    checkpoint: Option<(i64, f64)>,
+}
+
+/// Poll the run until it ends. This runs on a thread of its own with a single-threaded runtime
+/// and its own HTTP client: the client sends, waits and reads on one thread, so a sample holds
+/// one wake-up of the client, as a remote client's would, not the hops between the threads of
+/// a shared runtime (on 2 busy cores, each hop is one more wake-up that may wait for a core).
+fn watch(api: &Api, fleet: &Fleet, run_id: &str) -> Result<Watch> {
+    let api = api.with_new_client()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the watcher's runtime")?;
+    runtime.block_on(async {
+        let started = Instant::now();
+        let mut seen = Watch {
+            last: api.run_status(run_id).await?,
+            status_lat: Vec::new(),
+            health_lat: Vec::new(),
+            series: Vec::new(),
+            checkpoint: None,
+        };
+        let mut polls = 0usize;
+        loop {
+            let (health, _) = api.timed_get_json("/healthz").await?;
+            let (took, status) = api.run_status_timed(run_id).await?;
+            seen.health_lat.push(health);
+            seen.status_lat.push(took);
+            if polls.is_multiple_of(MEMORY_EVERY) || status.finished() {
+                let (peak, _) = peak_mib(fleet)?;
+                seen.series.push((status.done, peak));
+                if seen.checkpoint.is_none() && status.done * 10 >= status.total {
+                    seen.checkpoint = Some((status.done, peak));
+                }
+            }
+            polls += 1;
+            let finished = status.finished();
+            seen.last = status;
+            if finished {
+                return Ok(seen);
+            }
+            if started.elapsed() > Duration::from_secs(3600) {
+                anyhow::bail!(
+                    "run {run_id} still running after an hour: {}/{}",
+                    seen.last.done,
+                    seen.last.total
+                );
+            }
+            tokio::time::sleep(POLL_GAP).await;
+        }
+    })
+}
+
 /// Start a company_domain run over `list_id` (on a freshly started fleet) and watch it.
 /// Returns the two figures and the run's id (its items serve `items_page`).
 pub async fn figures(ctx: &Ctx, fleet: &Fleet, list_id: &str) -> Result<(Vec<Figure>, String)> {
     let (idle_peak, idle) = peak_mib(fleet)?;
     let (run_id, _) = ctx.api.create_run(&instant_run_body(list_id)).await?;
     let started = Instant::now();
-    let mut status_lat = Vec::new();
-    let mut health_lat = Vec::new();
-    let mut series = Vec::new();
-    let mut checkpoint: Option<(i64, f64)> = None;
-    let mut polls = 0usize;
-    let last = loop {
-        let (health, _) = ctx.api.timed_get_json("/healthz").await?;
-        let (took, status) = ctx.api.run_status_timed(&run_id).await?;
-        health_lat.push(health);
-        status_lat.push(took);
-        if polls.is_multiple_of(MEMORY_EVERY) || status.finished() {
-            let (peak, _) = peak_mib(fleet)?;
-            series.push((status.done, peak));
-            if checkpoint.is_none() && status.done * 10 >= status.total {
-                checkpoint = Some((status.done, peak));
-            }
-        }
-        polls += 1;
-        if status.finished() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(3600) {
-            anyhow::bail!(
-                "run {run_id} still running after an hour: {}/{}",
-                status.done,
-                status.total
-            );
-        }
-        tokio::time::sleep(POLL_GAP).await;
-    };
+    let Watch {
+        last,
+        status_lat,
+        health_lat,
+        series,
+        checkpoint,
+    } = tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            s.spawn(|| watch(&ctx.api, fleet, &run_id))
+                .join()
+                .map_err(|_| anyhow::anyhow!("the run watcher panicked"))?
+        })
+    })?;
     ensure!(
         last.status == "completed",
         "run {run_id} ended {}",

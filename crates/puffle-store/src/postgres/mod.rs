@@ -54,13 +54,31 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(pool_size())
             .acquire_timeout(Duration::from_secs(30))
-            // A connection that broke (a database restart) is found and replaced before use.
-            .test_before_acquire(true)
+            // A connection that broke (a database restart) is found and replaced before use,
+            // but only one that has sat idle: see `PING_IDLE_AFTER`.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options.clone())
             .await?;
         Ok(PgStore { pool, options })
     }
 }
+
+/// A pooled connection idle at least this long is pinged before it is handed out; one released
+/// more recently is not. The pool already pings every connection as it is released, so a recent
+/// one was alive a moment ago, and pinging it again put a second round trip in front of every
+/// query: a status read made four where two answer it, each a wake-up of the API and of a
+/// database backend that may wait for a busy core (the same bypass window HikariCP uses). If
+/// the database restarts within the window, a query on such a connection fails once and the
+/// pool drops the connection (its release ping fails).
+const PING_IDLE_AFTER: Duration = Duration::from_millis(500);
 
 /// Connections per process: `PUFFLE_DATABASE_POOL_SIZE`, default 10.
 fn pool_size() -> u32 {
