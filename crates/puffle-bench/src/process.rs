@@ -170,7 +170,8 @@ impl Launcher {
                     return Err(std::io::Error::last_os_error());
                 }
                 // Out of the terminal's process group, Ctrl-C no longer reaches it: it goes
-                // when the harness goes.
+                // when the harness goes. (Strictly, when the thread that started it ends: the
+                // harness starts its processes from its main thread only.)
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });

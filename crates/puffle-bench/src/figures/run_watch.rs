@@ -56,37 +56,38 @@ fn watch(api: &Api, fleet: &Fleet, run_id: &str) -> Result<Watch> {
         .context("building the watcher's runtime")?;
     runtime.block_on(async {
         let started = Instant::now();
-        let mut seen = Watch {
-            last: api.run_status(run_id).await?,
-            status_lat: Vec::new(),
-            health_lat: Vec::new(),
-            series: Vec::new(),
-            checkpoint: None,
-        };
+        let mut status_lat = Vec::new();
+        let mut health_lat = Vec::new();
+        let mut series = Vec::new();
+        let mut checkpoint = None;
         let mut polls = 0usize;
         loop {
             let (health, _) = api.timed_get_json("/healthz").await?;
             let (took, status) = api.run_status_timed(run_id).await?;
-            seen.health_lat.push(health);
-            seen.status_lat.push(took);
+            health_lat.push(health);
+            status_lat.push(took);
             if polls.is_multiple_of(MEMORY_EVERY) || status.finished() {
                 let (peak, _) = peak_mib(fleet)?;
-                seen.series.push((status.done, peak));
-                if seen.checkpoint.is_none() && status.done * 10 >= status.total {
-                    seen.checkpoint = Some((status.done, peak));
+                series.push((status.done, peak));
+                if checkpoint.is_none() && status.done * 10 >= status.total {
+                    checkpoint = Some((status.done, peak));
                 }
             }
             polls += 1;
-            let finished = status.finished();
-            seen.last = status;
-            if finished {
-                return Ok(seen);
+            if status.finished() {
+                return Ok(Watch {
+                    last: status,
+                    status_lat,
+                    health_lat,
+                    series,
+                    checkpoint,
+                });
             }
             if started.elapsed() > Duration::from_secs(3600) {
                 anyhow::bail!(
                     "run {run_id} still running after an hour: {}/{}",
-                    seen.last.done,
-                    seen.last.total
+                    status.done,
+                    status.total
                 );
             }
             tokio::time::sleep(POLL_GAP).await;
