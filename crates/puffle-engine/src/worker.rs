@@ -196,6 +196,7 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, shutdown: watch::Receiver<b
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Finish>();
     let writer = tokio::spawn(write_outcomes(shared.clone(), done_rx, shutdown.clone()));
     let heartbeat = tokio::spawn(heartbeat(shared.clone()));
+    let rescuer = tokio::spawn(rescue(shared.clone(), wake.clone()));
     // The claimer stays ahead of the slots: a slot that frees up starts the next item at once
     // instead of waiting for a claim's round trip (the claimed items' leases are heartbeated like
     // the running ones). How far ahead is bounded by `claim_ahead`.
@@ -220,6 +221,7 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, shutdown: watch::Receiver<b
         release(&shared, &unfinished).await;
     }
     heartbeat.abort();
+    rescuer.abort();
 }
 
 /// Resolves once the pool is shutting down (at once if it already is).
@@ -227,8 +229,8 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Claim batches of due items and hand them, with their runs and leads, to the slots; rescue
-/// expired leases now and then. Ends at shutdown; a batch not handed over stays held and is
+/// Claim batches of due items and hand them, with their runs and leads, to the slots. Ends at
+/// shutdown; a batch not handed over stays held and is
 /// released by [`run`].
 async fn claim_ahead(
     shared: Arc<Shared>,
@@ -241,22 +243,13 @@ async fn claim_ahead(
     // one, enough to cover a claim's round trip; a claim is made once a quarter of the slots'
     // worth is free, so claims stay batched.
     let ahead = slots;
-    let rescue_every =
-        (shared.config.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
-    let mut last_rescue: Option<tokio::time::Instant> = None;
+    // Waiting for room, look again now and then even without a wake-up.
+    let recheck_every = rescue_every(&shared.config);
     let mut runs: HashMap<String, Arc<RunSpec>> = HashMap::new();
     let mut last_batch_inline = false;
     let mut loads = JoinSet::new();
 
     while !*shutdown.borrow() {
-        if last_rescue.is_none_or(|t| t.elapsed() >= rescue_every) {
-            last_rescue = Some(tokio::time::Instant::now());
-            match shared.store.rescue_expired(now_ms()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(items = n, "rescued items whose worker lost its lease"),
-                Err(e) => tracing::error!(error = %e, "rescuing expired leases failed"),
-            }
-        }
         // Built-ins hold no slot and finish within microseconds of being handed over: one batch
         // of them waits while another executes.
         let (limit, least) = if last_batch_inline {
@@ -268,7 +261,7 @@ async fn claim_ahead(
         if want == 0 {
             tokio::select! {
                 _ = shared.finished.notified() => {}
-                _ = tokio::time::sleep(rescue_every) => {}
+                _ = tokio::time::sleep(recheck_every) => {}
                 _ = stopping(&mut shutdown) => {}
             }
             continue;
@@ -791,6 +784,29 @@ async fn write_outcomes(
         drop(recording);
         // The claimer may be waiting for the writer to catch up.
         shared.finished.notify_one();
+    }
+}
+
+fn rescue_every(config: &EngineConfig) -> Duration {
+    (config.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30))
+}
+
+/// Now and then, put the items of workers that lost their leases back in line, and wake the
+/// claimer for them. A task of its own: on PostgreSQL the search for expired leases also steps
+/// over the index entries that finished items left behind, which can take a while late in a
+/// big run, and claims must not wait for it.
+async fn rescue(shared: Arc<Shared>, wake: Arc<Notify>) {
+    let every = rescue_every(&shared.config);
+    loop {
+        match shared.store.rescue_expired(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(items = n, "rescued items whose worker lost its lease");
+                wake.notify_one();
+            }
+            Err(e) => tracing::error!(error = %e, "rescuing expired leases failed"),
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -41,6 +41,7 @@ async fn conformance(store: &dyn Store) {
     runs::runs_claim_finish_and_count(store).await;
     runs::large_finish_batches_record_each_item(store).await;
     runs::heartbeats_extend_only_the_named_leases(store).await;
+    runs::outcomes_after_the_run_ended(store).await;
     provider_cache_expires(store).await;
     webhooks_are_queued_claimed_and_recorded(store).await;
     throttles::throttles_on_one_handle(store).await;
@@ -595,7 +596,7 @@ pub(crate) fn sample_run(
 }
 
 mod runs {
-    use puffle_domain::run::{ItemStatus, RunStatus};
+    use puffle_domain::run::{ItemStatus, RunStatus, SkipReason};
     use serde_json::json;
 
     use super::*;
@@ -651,7 +652,12 @@ mod runs {
             .unwrap();
         let mut claimed = Vec::new();
         while claimed.len() < n {
-            let batch = store.claim_items(worker, n, 1_000, 61_000).await.unwrap();
+            // Room for a share of every active run (claims split among them), so that other
+            // tests' leftovers cannot crowd this run out.
+            let batch = store
+                .claim_items(worker, 16 * n, 1_000, 61_000)
+                .await
+                .unwrap();
             assert!(!batch.is_empty(), "{} of {n} claimed", claimed.len());
             let (mine, others): (Vec<_>, Vec<_>) =
                 batch.into_iter().partition(|c| c.run_id == run.id);
@@ -745,6 +751,100 @@ mod runs {
 
     /// A heartbeat extends the leases it names that the worker holds, and no other: an item the
     /// worker leased but does not name (it never learned of the claim) expires and is rescued.
+    /// Items executing when their run ends: after a cancel, a completion is kept but a retry
+    /// or a wait for a provider ends as skipped (a pending item in an ended run would never
+    /// run); after a failure, the running items were skipped already and their late finishes
+    /// record nothing.
+    pub async fn outcomes_after_the_run_ended(store: &dyn Store) {
+        let caller = store.authenticate(&key(3)).await.unwrap().unwrap();
+        let (ws, _, run_id, claimed) = claimed_run(store, "ended", 3, "w-end").await;
+        let run = store
+            .cancel_run(&ws, &caller.user.id, &run_id)
+            .await
+            .unwrap();
+        assert_eq!((run.status, run.counts.running), (RunStatus::Cancelled, 3));
+        let outcomes = [
+            FinishOutcome::Retry {
+                due_at_ms: 5_000,
+                message: "429".into(),
+            },
+            FinishOutcome::Waiting {
+                submission_id: "job-1".into(),
+                submitted_at_ms: 1_500,
+                due_at_ms: 9_000,
+                callback_used: false,
+            },
+            FinishOutcome::Completed {
+                result: Some(json!("late.io")),
+                write: None,
+            },
+        ];
+        let finishes = claimed.iter().zip(outcomes).map(|(c, o)| done(c, o));
+        assert_eq!(
+            store
+                .finish_items("w-end", finishes.collect(), 2_000)
+                .await
+                .unwrap(),
+            3
+        );
+        let run = store.run(&ws, &caller.user.id, &run_id).await.unwrap();
+        assert_eq!(run.status, RunStatus::Cancelled);
+        let c = run.counts;
+        assert_eq!((c.pending, c.running, c.skipped, c.completed), (0, 0, 2, 1));
+        let query = ItemQuery {
+            limit: 10,
+            ..ItemQuery::default()
+        };
+        let (items, _) = store.items(&run_id, &query).await.unwrap();
+        let by_id = |id: &str| items.iter().find(|i| i.id == id).unwrap();
+        for retried in &claimed[..2] {
+            let item = by_id(&retried.id);
+            assert_eq!(item.status, ItemStatus::Skipped, "{item:?}");
+            assert_eq!(item.skipped_reason, Some(SkipReason::RunCancelled));
+            assert_eq!(item.error, None);
+        }
+        assert_eq!(by_id(&claimed[2].id).status, ItemStatus::Completed);
+        let later = store
+            .claim_items("w-end", 10, 10_000, 70_000)
+            .await
+            .unwrap();
+        assert!(later.iter().all(|c| c.run_id != run_id));
+        store
+            .release_items(
+                "w-end",
+                &later.into_iter().map(|c| c.id).collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+
+        let (ws, _, run_id, claimed) = claimed_run(store, "failing", 2, "w-fail").await;
+        store
+            .fail_run(&run_id, "the provider is gone")
+            .await
+            .unwrap();
+        let completions = claimed.iter().map(|c| {
+            let result = Some(json!("too-late.io"));
+            done(
+                c,
+                FinishOutcome::Completed {
+                    result,
+                    write: None,
+                },
+            )
+        });
+        assert_eq!(
+            store
+                .finish_items("w-fail", completions.collect(), 2_000)
+                .await
+                .unwrap(),
+            0
+        );
+        let run = store.run(&ws, &caller.user.id, &run_id).await.unwrap();
+        assert_eq!(run.status, RunStatus::Failed);
+        let c = run.counts;
+        assert_eq!((c.running, c.skipped, c.completed), (0, 2, 0));
+    }
+
     pub async fn heartbeats_extend_only_the_named_leases(store: &dyn Store) {
         let (_, _, run_id, claimed) = claimed_run(store, "hb", 3, "w-hb").await;
         let (kept, stolen, forgotten) = (&claimed[0].id, &claimed[1].id, &claimed[2].id);
