@@ -8,6 +8,7 @@ pub mod catalog;
 mod clock;
 mod config;
 pub mod config_file;
+mod driver;
 mod executor;
 pub mod metrics;
 mod outcome;

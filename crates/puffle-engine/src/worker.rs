@@ -15,11 +15,13 @@ use puffle_domain::lead::Lead;
 use puffle_domain::run::{OutputTarget, RunStatus, SkipReason, WritePolicy};
 use puffle_store::{AttributeWrite, ClaimedItem, Finish, FinishOutcome, Run, Store};
 use rand::Rng;
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::catalog::{Binding, Catalog, Enrichment};
 use crate::clock::{ms, now_ms};
+use crate::driver::DriverThread;
 use crate::executor::{Executor, RunFailure};
 use crate::{EngineConfig, EngineMetrics, Outcome};
 
@@ -194,18 +196,26 @@ impl RunSpec {
 
 async fn run(shared: Arc<Shared>, wake: Arc<Notify>, shutdown: watch::Receiver<bool>) {
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Finish>();
-    let writer = tokio::spawn(write_outcomes(shared.clone(), done_rx, shutdown.clone()));
+    // The claimer and the outcome writer run on a thread of their own (see `crate::driver`);
+    // should it fail to start, beside the rest.
+    let engine = Handle::current();
+    let driver = DriverThread::start()
+        .inspect_err(|e| tracing::warn!(error = %e, "no thread of its own for the claimer"))
+        .ok();
+    let drive_on = driver.as_ref().map_or(&engine, DriverThread::handle);
+    let writer = drive_on.spawn(write_outcomes(shared.clone(), done_rx, shutdown.clone()));
     let heartbeat = tokio::spawn(heartbeat(shared.clone()));
     let rescuer = tokio::spawn(rescue(shared.clone(), wake.clone()));
     // The claimer stays ahead of the slots: a slot that frees up starts the next item at once
     // instead of waiting for a claim's round trip (the claimed items' leases are heartbeated like
     // the running ones). How far ahead is bounded by `claim_ahead`.
     let (ready_tx, ready_rx) = mpsc::unbounded_channel::<Vec<Prepared>>();
-    let claimer = tokio::spawn(claim_ahead(
+    let claimer = drive_on.spawn(claim_ahead(
         shared.clone(),
         wake,
         ready_tx,
         shutdown.clone(),
+        engine.clone(),
     ));
     start_items(&shared, ready_rx, done_tx, shutdown).await;
     if let Err(e) = claimer.await {
@@ -222,6 +232,7 @@ async fn run(shared: Arc<Shared>, wake: Arc<Notify>, shutdown: watch::Receiver<b
     }
     heartbeat.abort();
     rescuer.abort();
+    drop(driver);
 }
 
 /// Resolves once the pool is shutting down (at once if it already is).
@@ -229,14 +240,15 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Claim batches of due items and hand them, with their runs and leads, to the slots. Ends at
-/// shutdown; a batch not handed over stays held and is
+/// Claim batches of due items and hand them, with their runs and leads, to the slots; their
+/// leads load on `engine`. Ends at shutdown; a batch not handed over stays held and is
 /// released by [`run`].
 async fn claim_ahead(
     shared: Arc<Shared>,
     wake: Arc<Notify>,
     ready: mpsc::UnboundedSender<Vec<Prepared>>,
     mut shutdown: watch::Receiver<bool>,
+    engine: Handle,
 ) {
     let slots = shared.config.concurrency.max(1);
     // Items held (claimed, not yet finished) stay within twice the slots: as many again wait for
@@ -315,7 +327,7 @@ async fn claim_ahead(
                 tracing::error!(error = %e, "loading a claimed batch ended abnormally");
             }
         }
-        loads.spawn(prepare(shared.clone(), batch, ready.clone()));
+        loads.spawn_on(prepare(shared.clone(), batch, ready.clone()), &engine);
     }
     while let Some(done) = loads.join_next().await {
         if let Err(e) = done {

@@ -12,9 +12,7 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{add_credits, ensure_list, SqliteStore};
-use crate::rows::{
-    decode_err, item_from, lead_from, run_from, to_text, StoredRow, ITEM_COLUMNS, RUN_COLUMNS,
-};
+use crate::rows::{decode_err, item_from, lead_from, run_from, to_text, ITEM_COLUMNS, RUN_COLUMNS};
 use crate::runs::*;
 use crate::{Result, StoreError};
 
@@ -70,28 +68,23 @@ async fn insert_items(
 // Statements whose length follows the batch are built with `persistent(false)`: the
 // per-connection statement cache would keep one prepared statement per batch size seen, large
 // ones hundreds of KiB each, and the server's memory would grow with every new size. The finish,
-// on the engine's hot path, instead comes in a few fixed sizes (`finish_shapes`) that stay
+// on the engine's hot path, instead comes in a few fixed sizes (`finish_shape`) that stay
 // prepared: preparing its statement for a full batch costs about as much as running it.
 
-/// The largest finish statement, in rows (a full batch of the worker's outcomes, 512, is two).
-const FINISH_SHAPE_MAX: usize = 256;
+/// The largest finish statement, in rows: a full batch of the worker's outcomes.
+const FINISH_SHAPE_MAX: usize = 512;
 
-/// Split `rows` into chunks whose sizes are powers of two up to [`FINISH_SHAPE_MAX`], largest
-/// first: any batch is at most a few statements, and the writer's statement cache holds at
-/// most one prepared statement per size (nine), however the batches vary.
-fn finish_shapes<T>(mut rows: &[T]) -> Vec<&[T]> {
-    let mut chunks = Vec::new();
-    while !rows.is_empty() {
-        let size = FINISH_SHAPE_MAX.min(1 << rows.len().ilog2());
-        let (chunk, rest) = rows.split_at(size);
-        chunks.push(chunk);
-        rows = rest;
-    }
-    chunks
+/// The rows of the finish statement recording `n` outcomes (at most [`FINISH_SHAPE_MAX`]): the
+/// next power of two, the rest padded with rows that match no item. One statement per batch,
+/// so one hand-off to the writer's thread, while the writer's statement cache holds at most
+/// one prepared statement per size (ten), however the batches vary.
+fn finish_shape(n: usize) -> usize {
+    n.next_power_of_two().min(FINISH_SHAPE_MAX)
 }
 
-/// The UPDATE recording `chunk`'s outcomes, each only if `worker` still holds the item under the
-/// lease it was claimed with; `returning`: answer the ids of the items recorded.
+/// The UPDATE recording `chunk`'s outcomes (at most [`FINISH_SHAPE_MAX`]), each only if `worker`
+/// still holds the item under the lease it was claimed with; `returning`: answer the ids of the
+/// items recorded.
 fn finish_update<'a>(
     chunk: &'a [FinishRow],
     worker: &'a str,
@@ -114,7 +107,19 @@ fn finish_update<'a>(
     );
     q.push_bind(now)
         .push(", lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL FROM (");
-    q.push_values(chunk, |mut b, r| {
+    // Padding rows are all NULL: their id matches no item.
+    let padding = finish_shape(chunk.len()) - chunk.len();
+    let rows = chunk
+        .iter()
+        .map(Some)
+        .chain(std::iter::repeat_n(None, padding));
+    q.push_values(rows, |mut b, r| {
+        let Some(r) = r else {
+            for _ in 0..FINISH_COLUMNS {
+                b.push_bind(None::<String>);
+            }
+            return;
+        };
         b.push_bind(&r.item_id)
             .push_bind(r.status.as_str())
             .push_bind(&r.result)
@@ -145,6 +150,9 @@ fn finish_update<'a>(
     }
     q
 }
+
+/// The values of one row of the finish statement (`v.column1` to `v.column16`).
+const FINISH_COLUMNS: usize = 16;
 
 /// Rows per multi-row INSERT of items (7 bound values each, far below SQLite's limit).
 const INSERT_CHUNK: usize = 1000;
@@ -488,12 +496,27 @@ async fn record_finishes(
     now: &str,
     returning: bool,
 ) -> Result<Option<u64>> {
-    let mut tx = pool.begin().await?;
-    end_retries_of_stopped_runs(&mut tx, rows, now).await?;
+    // A row going back to pending needs its run read inside the transaction first. All others
+    // are final: their statements are built before the writer is taken, so it does not wait
+    // for the binding meanwhile.
+    let mut retries_checked = None;
+    if rows.iter().any(|r| r.status == ItemStatus::Pending) {
+        let mut tx = pool.begin().await?;
+        end_retries_of_stopped_runs(&mut tx, rows, now).await?;
+        retries_checked = Some(tx);
+    }
+    let rows = &*rows;
+    let mut updates: Vec<_> = rows
+        .chunks(FINISH_SHAPE_MAX)
+        .map(|chunk| finish_update(chunk, worker, now, returning))
+        .collect();
+    let mut tx = match retries_checked {
+        Some(tx) => tx,
+        None => pool.begin().await?,
+    };
     let mut ids: HashSet<String> = HashSet::new();
     let mut affected = 0;
-    for chunk in finish_shapes(rows) {
-        let mut update = finish_update(chunk, worker, now, returning);
+    for update in &mut updates {
         let update = update.build();
         if returning {
             for row in update.fetch_all(&mut *tx).await? {
@@ -556,26 +579,63 @@ async fn end_retries_of_stopped_runs(
     Ok(())
 }
 
-/// The items of `run` just leased under `token`, as JSON objects all in one row: a row per item
-/// would cross from the database thread one by one, with the writer held meanwhile.
-async fn leased_items(
-    conn: &mut SqliteConnection,
-    run: &str,
-    token: &str,
-) -> Result<Vec<Map<String, Value>>> {
-    let rows: String = sqlx::query_scalar(
-        "SELECT json_group_array(json_object('id', id, 'lead_id', lead_id, 'list_id', list_id, \
-           'membership_id', membership_id, 'attempts', attempts, \
-           'provider_submission_id', provider_submission_id, \
-           'provider_submitted_at', provider_submitted_at, \
-           'provider_callback', provider_callback)) \
-         FROM enrichment_items WHERE run_id = ? AND status = 'running' AND lease_token = ?",
-    )
-    .bind(run)
-    .bind(token)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(serde_json::from_str(&rows)?)
+/// Lease up to `?7` due pending items of run `?5` to worker `?1` under token `?2` (until `?3`,
+/// at `?4`, due by `?6`), move the run's counts by as many (`changes()`: the rows the first
+/// UPDATE leased), and answer how many were leased and the items as JSON objects, all in one
+/// row. One statement text, so one hand-off to the writer's thread, which is held meanwhile; a
+/// row per item would cross from it one by one.
+const CLAIM_FROM_RUN: &str = "\
+    UPDATE enrichment_items SET status = 'running', lease_owner = ?1, lease_token = ?2, \
+      lease_expires_at = ?3, started_at = coalesce(started_at, ?4), updated_at = ?4 \
+    WHERE id IN (SELECT id FROM enrichment_items WHERE run_id = ?5 \
+      AND status = 'pending' AND due_at <= ?6 ORDER BY id LIMIT ?7); \
+    UPDATE enrichment_runs SET n_pending = n_pending - changes(), \
+      n_running = n_running + changes(), \
+      status = CASE WHEN changes() > 0 AND status = 'pending' THEN 'running' ELSE status END, \
+      started_at = CASE WHEN changes() > 0 THEN coalesce(started_at, ?4) ELSE started_at END, \
+      last_claimed_at = ?6, updated_at = ?4 \
+    WHERE id = ?5; \
+    SELECT count(*), json_group_array(json_object('id', id, 'lead_id', lead_id, 'list_id', list_id, \
+      'membership_id', membership_id, 'attempts', attempts, \
+      'provider_submission_id', provider_submission_id, \
+      'provider_submitted_at', provider_submitted_at, \
+      'provider_callback', provider_callback)) \
+    FROM enrichment_items WHERE run_id = ?5 AND status = 'running' AND lease_token = ?2";
+
+/// One item as [`CLAIM_FROM_RUN`] answers it.
+#[derive(serde::Deserialize)]
+struct LeasedRow {
+    id: String,
+    lead_id: String,
+    list_id: Option<String>,
+    membership_id: Option<String>,
+    attempts: i64,
+    provider_submission_id: Option<String>,
+    provider_submitted_at: Option<i64>,
+    provider_callback: Option<String>,
+}
+
+/// The items of `run` leased under `token`, from the JSON row [`CLAIM_FROM_RUN`] answered
+/// (read straight into their fields: no map per item).
+fn claimed_items(run: &str, token: &str, rows: &str) -> Result<Vec<ClaimedItem>> {
+    let rows: Vec<LeasedRow> = serde_json::from_str(rows)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ClaimedItem {
+            id: r.id,
+            lease_token: token.to_string(),
+            run_id: run.to_string(),
+            lead_id: r.lead_id,
+            list_id: r.list_id,
+            membership_id: r.membership_id,
+            attempts: r.attempts,
+            submission: r.provider_submission_id.map(|id| Submission {
+                id,
+                submitted_at_ms: r.provider_submitted_at.unwrap_or(0),
+                callback: r.provider_callback,
+            }),
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -859,68 +919,31 @@ impl RunStore for SqliteStore {
         let now = now_timestamp();
         let token = new_id();
         let share = max.div_ceil(runs.len()).max(1);
-        let mut claimed = Vec::new();
+        // Each run's items as a JSON text, read once the writer is free again.
+        let mut leased: Vec<(&String, String)> = Vec::new();
+        let mut claimed = 0;
         for run in &runs {
-            let want = share.min(max - claimed.len());
-            let leased = if want == 0 {
-                0
-            } else {
-                sqlx::query(
-                    "UPDATE enrichment_items SET status = 'running', lease_owner = ?, \
-                     lease_token = ?, lease_expires_at = ?, \
-                     started_at = coalesce(started_at, ?), updated_at = ? \
-                     WHERE id IN (SELECT id FROM enrichment_items WHERE run_id = ? \
-                       AND status = 'pending' AND due_at <= ? ORDER BY id LIMIT ?)",
-                )
+            // A run left without a share is still marked as just claimed from, as the others.
+            let want = share.min(max - claimed);
+            let (n, rows): (i64, String) = sqlx::query_as(CLAIM_FROM_RUN)
                 .bind(worker)
                 .bind(&token)
                 .bind(lease_until_ms)
                 .bind(&now)
-                .bind(&now)
                 .bind(run)
                 .bind(now_ms)
                 .bind(want as i64)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-            };
-            let rows = if leased == 0 {
-                Vec::new()
-            } else {
-                leased_items(&mut tx, run, &token).await?
-            };
-            let n = rows.len() as i64;
-            sqlx::query(
-                "UPDATE enrichment_runs SET n_pending = n_pending - ?, n_running = n_running + ?, \
-                 status = CASE WHEN ? > 0 AND status = 'pending' THEN 'running' ELSE status END, \
-                 started_at = CASE WHEN ? > 0 THEN coalesce(started_at, ?) ELSE started_at END, \
-                 last_claimed_at = ?, updated_at = ? WHERE id = ?",
-            )
-            .bind(n)
-            .bind(n)
-            .bind(n)
-            .bind(n)
-            .bind(&now)
-            .bind(now_ms)
-            .bind(&now)
-            .bind(run)
-            .execute(&mut *tx)
-            .await?;
-            for r in rows {
-                claimed.push(ClaimedItem {
-                    id: r.text("id")?,
-                    lease_token: token.clone(),
-                    run_id: run.clone(),
-                    lead_id: r.text("lead_id")?,
-                    list_id: r.text_opt("list_id")?,
-                    membership_id: r.text_opt("membership_id")?,
-                    attempts: r.int("attempts")?,
-                    submission: crate::rows::submission_of(&r)?,
-                });
-            }
+                .fetch_one(&mut *tx)
+                .await?;
+            claimed += n as usize;
+            leased.push((run, rows));
         }
         tx.commit().await?;
-        Ok(claimed)
+        let mut items = Vec::with_capacity(claimed);
+        for (run, rows) in leased {
+            items.extend(claimed_items(run, &token, &rows)?);
+        }
+        Ok(items)
     }
 
     async fn run_for_worker(&self, id: &str) -> Result<Run> {
@@ -1175,24 +1198,17 @@ mod tests {
     }
 
     #[test]
-    fn finish_batches_split_into_a_few_cached_shapes_in_order() {
-        let mut sizes_seen = HashSet::new();
-        for n in 0..=1024usize {
-            let rows: Vec<usize> = (0..n).collect();
-            let chunks = finish_shapes(&rows);
-            assert_eq!(chunks.concat(), rows, "every row once, in order (n = {n})");
-            for c in &chunks {
-                assert!(c.len().is_power_of_two() && c.len() <= FINISH_SHAPE_MAX);
-                sizes_seen.insert(c.len());
-            }
-            let below_max = n % FINISH_SHAPE_MAX;
-            assert_eq!(
-                chunks.len(),
-                n / FINISH_SHAPE_MAX + below_max.count_ones() as usize,
-                "n = {n}"
+    fn finish_statements_come_in_ten_shapes_padded_by_less_than_half() {
+        let mut shapes = HashSet::new();
+        for n in 1..=FINISH_SHAPE_MAX {
+            let shape = finish_shape(n);
+            assert!(
+                shape.is_power_of_two() && shape >= n && shape < 2 * n,
+                "n = {n}: {shape}"
             );
+            shapes.insert(shape);
         }
-        assert_eq!(sizes_seen.len(), 9, "1, 2, 4, … 256");
+        assert_eq!(shapes.len(), 10, "1, 2, 4, … 512");
     }
 
     #[tokio::test]
