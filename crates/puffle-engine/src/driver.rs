@@ -12,7 +12,8 @@ use tokio::sync::oneshot;
 /// on it) when this is dropped.
 pub(crate) struct DriverThread {
     handle: Handle,
-    stop: Option<oneshot::Sender<()>>,
+    /// Dropped with this: the thread's runtime then stops.
+    _stop: oneshot::Sender<()>,
 }
 
 impl DriverThread {
@@ -28,26 +29,18 @@ impl DriverThread {
         std::thread::Builder::new()
             .name("puffle-driver".to_string())
             .spawn(move || {
-                // A dropped sender ends it as well as a sent stop.
+                // Ends when the sender is dropped.
                 let _ = runtime.block_on(stopped);
             })?;
         Ok(DriverThread {
             handle,
-            stop: Some(stop),
+            _stop: stop,
         })
     }
 
     /// Where to spawn the tasks that run on this thread.
     pub(crate) fn handle(&self) -> &Handle {
         &self.handle
-    }
-}
-
-impl Drop for DriverThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

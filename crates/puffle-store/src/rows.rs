@@ -104,14 +104,24 @@ pub(crate) const ITEM_COLUMNS: &str = "id, run_id, lead_id, list_id, membership_
 /// The job of a claimed item (`provider_submission_id`, `provider_submitted_at`,
 /// `provider_callback`), if an async step submitted one.
 pub(crate) fn submission_of(row: &impl StoredRow) -> Result<Option<crate::runs::Submission>> {
-    let Some(id) = row.text_opt("provider_submission_id")? else {
-        return Ok(None);
-    };
-    Ok(Some(crate::runs::Submission {
-        id,
-        submitted_at_ms: row.int_opt("provider_submitted_at")?.unwrap_or(0),
-        callback: row.text_opt("provider_callback")?,
-    }))
+    Ok(submission(
+        row.text_opt("provider_submission_id")?,
+        row.int_opt("provider_submitted_at")?,
+        row.text_opt("provider_callback")?,
+    ))
+}
+
+/// The job from its three columns: none without a job id.
+pub(crate) fn submission(
+    id: Option<String>,
+    submitted_at_ms: Option<i64>,
+    callback: Option<String>,
+) -> Option<crate::runs::Submission> {
+    Some(crate::runs::Submission {
+        id: id?,
+        submitted_at_ms: submitted_at_ms.unwrap_or(0),
+        callback,
+    })
 }
 
 pub(crate) fn decode_err(what: &str, value: &str) -> StoreError {

@@ -56,9 +56,9 @@ impl SqliteStore {
         // checkpoint copies only the rest and lets the WAL start over (see `checkpoint`).
         // The writer mostly records what the engine did: it runs as background work (see
         // `priority`), readers do not.
-        // No ping before each use (sqlx's default): a SQLite connection is a file in this
-        // process, not a link that can drop, and the ping is one more hand-off to its thread per
-        // transaction, with the writer held meanwhile.
+        // Neither pool pings a connection before each use (sqlx's default): a SQLite connection
+        // is a file in this process, not a link that can drop, and the ping is one more hand-off
+        // to its thread per transaction, with the writer held meanwhile.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)

@@ -12,7 +12,9 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{add_credits, ensure_list, SqliteStore};
-use crate::rows::{decode_err, item_from, lead_from, run_from, to_text, ITEM_COLUMNS, RUN_COLUMNS};
+use crate::rows::{
+    decode_err, item_from, lead_from, run_from, submission, to_text, ITEM_COLUMNS, RUN_COLUMNS,
+};
 use crate::runs::*;
 use crate::{Result, StoreError};
 
@@ -73,6 +75,9 @@ async fn insert_items(
 
 /// The largest finish statement, in rows: a full batch of the worker's outcomes.
 const FINISH_SHAPE_MAX: usize = 512;
+
+/// The values of one row of the finish statement (`v.column1` to `v.column16`).
+const FINISH_COLUMNS: usize = 16;
 
 /// The rows of the finish statement recording `n` outcomes (at most [`FINISH_SHAPE_MAX`]): the
 /// next power of two, the rest padded with rows that match no item. One statement per batch,
@@ -150,9 +155,6 @@ fn finish_update<'a>(
     }
     q
 }
-
-/// The values of one row of the finish statement (`v.column1` to `v.column16`).
-const FINISH_COLUMNS: usize = 16;
 
 /// Rows per multi-row INSERT of items (7 bound values each, far below SQLite's limit).
 const INSERT_CHUNK: usize = 1000;
@@ -629,11 +631,11 @@ fn claimed_items(run: &str, token: &str, rows: &str) -> Result<Vec<ClaimedItem>>
             list_id: r.list_id,
             membership_id: r.membership_id,
             attempts: r.attempts,
-            submission: r.provider_submission_id.map(|id| Submission {
-                id,
-                submitted_at_ms: r.provider_submitted_at.unwrap_or(0),
-                callback: r.provider_callback,
-            }),
+            submission: submission(
+                r.provider_submission_id,
+                r.provider_submitted_at,
+                r.provider_callback,
+            ),
         })
         .collect())
 }
