@@ -40,6 +40,7 @@ async fn conformance(store: &dyn Store) {
     list_runs_take_members_in_lead_order(store).await;
     runs::runs_claim_finish_and_count(store).await;
     runs::large_finish_batches_record_each_item(store).await;
+    runs::writes_to_one_lead_in_one_batch_apply_in_order(store).await;
     runs::heartbeats_extend_only_the_named_leases(store).await;
     runs::outcomes_after_the_run_ended(store).await;
     provider_cache_expires(store).await;
@@ -645,7 +646,20 @@ mod runs {
                 .unwrap();
             ids.push(l.id);
         }
-        let targets = store.resolve_targets(&ws, &ids, None).await.unwrap();
+        let (run_id, claimed) = claimed_run_over(store, &ids, worker).await;
+        (ws, ids, run_id, claimed)
+    }
+
+    /// A new free run over the leads `ids` with every item claimed by `worker`.
+    async fn claimed_run_over(
+        store: &dyn Store,
+        ids: &[String],
+        worker: &str,
+    ) -> (String, Vec<crate::ClaimedItem>) {
+        let caller = store.authenticate(&key(3)).await.unwrap().unwrap();
+        let ws = caller.user.workspace_id.clone();
+        let n = ids.len();
+        let targets = store.resolve_targets(&ws, ids, None).await.unwrap();
         let (run, _) = store
             .create_run(super::sample_run(&ws, &caller.user.id, targets, None))
             .await
@@ -665,16 +679,59 @@ mod runs {
             store.release_items(worker, &others).await.unwrap();
             claimed.extend(mine);
         }
-        (ws, ids, run.id, claimed)
+        (run.id, claimed)
     }
 
-    /// A batch of finishes larger than one statement (SQLite splits it into several) records
+    /// One batch of finishes writing the same attribute of a lead twice (two runs over the same
+    /// leads, finished together) applies the writes in the batch's order, and counts both runs.
+    pub async fn writes_to_one_lead_in_one_batch_apply_in_order(store: &dyn Store) {
+        let (ws, ids, first_run, first) = claimed_run(store, "twice", 3, "w-twice").await;
+        let (second_run, second) = claimed_run_over(store, &ids, "w-twice").await;
+        let write = |c: &crate::ClaimedItem, value: &str| {
+            done(
+                c,
+                FinishOutcome::Completed {
+                    result: Some(json!({"v": value})),
+                    write: Some(crate::AttributeWrite {
+                        target: puffle_domain::run::OutputTarget::Lead,
+                        workspace_id: ws.clone(),
+                        lead_id: c.lead_id.clone(),
+                        membership_id: None,
+                        key: "seen".into(),
+                        value: json!(value),
+                    }),
+                },
+            )
+        };
+        // Interleaved: each lead's first-run write comes before its second-run write.
+        let finishes: Vec<Finish> = first
+            .iter()
+            .zip(&second)
+            .flat_map(|(a, b)| [write(a, "first"), write(b, "second")])
+            .collect();
+        assert_eq!(
+            store.finish_items("w-twice", finishes, 2_000).await.unwrap(),
+            6
+        );
+        for lead in store.leads_by_id(&ws, &ids).await.unwrap() {
+            assert_eq!(lead.attributes.get("seen"), Some(&json!("second")), "{}", lead.id);
+        }
+        for run in [first_run, second_run] {
+            let got = store.run_for_worker(&run).await.unwrap();
+            assert_eq!(
+                (got.status, got.counts.completed, got.counts.running),
+                (RunStatus::Completed, 3, 0)
+            );
+        }
+    }
+
+    /// A large batch of finishes (one padded statement on SQLite) records
     /// each item's own outcome and lead attribute, leaves an item under another lease alone
     /// wherever it falls in the batch, and counts exactly.
     pub async fn large_finish_batches_record_each_item(store: &dyn Store) {
         const N: usize = 300;
         let (ws, ids, run_id, claimed) = claimed_run(store, "big", N, "w-big").await;
-        // Item 297 falls in the batch's last, smallest statement on SQLite (256 + 32 + 8 + 4).
+        // One lease is lost, near the end of the batch: the others are recorded without it.
         let lost = 297;
         let finishes: Vec<Finish> = claimed
             .iter()
