@@ -773,7 +773,7 @@ async fn write_outcomes(
             tries += 1;
             match shared
                 .store
-                .finish_items(&shared.worker_id, batch.clone(), now_ms())
+                .finish_items(&shared.worker_id, &batch, now_ms())
                 .await
             {
                 Ok(_) => break,

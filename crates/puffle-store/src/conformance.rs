@@ -710,11 +710,19 @@ mod runs {
             .flat_map(|(a, b)| [write(a, "first"), write(b, "second")])
             .collect();
         assert_eq!(
-            store.finish_items("w-twice", finishes, 2_000).await.unwrap(),
+            store
+                .finish_items("w-twice", &finishes, 2_000)
+                .await
+                .unwrap(),
             6
         );
         for lead in store.leads_by_id(&ws, &ids).await.unwrap() {
-            assert_eq!(lead.attributes.get("seen"), Some(&json!("second")), "{}", lead.id);
+            assert_eq!(
+                lead.attributes.get("seen"),
+                Some(&json!("second")),
+                "{}",
+                lead.id
+            );
         }
         for run in [first_run, second_run] {
             let got = store.run_for_worker(&run).await.unwrap();
@@ -762,7 +770,7 @@ mod runs {
             })
             .collect();
         assert_eq!(
-            store.finish_items("w-big", finishes, 2_000).await.unwrap(),
+            store.finish_items("w-big", &finishes, 2_000).await.unwrap(),
             N as u64 - 1
         );
         let counts = store.run_for_worker(&run_id).await.unwrap().counts;
@@ -839,7 +847,7 @@ mod runs {
         let finishes = claimed.iter().zip(outcomes).map(|(c, o)| done(c, o));
         assert_eq!(
             store
-                .finish_items("w-end", finishes.collect(), 2_000)
+                .finish_items("w-end", &finishes.collect::<Vec<_>>(), 2_000)
                 .await
                 .unwrap(),
             3
@@ -891,7 +899,7 @@ mod runs {
         });
         assert_eq!(
             store
-                .finish_items("w-fail", completions.collect(), 2_000)
+                .finish_items("w-fail", &completions.collect::<Vec<_>>(), 2_000)
                 .await
                 .unwrap(),
             0
@@ -1011,10 +1019,7 @@ mod runs {
                 write: None,
             },
         );
-        assert_eq!(
-            store.finish_items("w2", vec![stolen], 2_000).await.unwrap(),
-            0
-        );
+        assert_eq!(store.finish_items("w2", &[stolen], 2_000).await.unwrap(), 0);
         let mine = claimed
             .iter()
             .map(|c| {
@@ -1034,15 +1039,12 @@ mod runs {
             lease_token: "not-the-claim".into(),
             ..second.clone()
         });
-        assert_eq!(store.finish_items("w1", batch, 2_000).await.unwrap(), 1);
+        assert_eq!(store.finish_items("w1", &batch, 2_000).await.unwrap(), 1);
         assert_eq!(
             store.run_for_worker(&run.id).await.unwrap().counts.running,
             2
         );
-        assert_eq!(
-            store.finish_items("w1", vec![second], 2_000).await.unwrap(),
-            1
-        );
+        assert_eq!(store.finish_items("w1", &[second], 2_000).await.unwrap(), 1);
         // The third item's lease expires: it is rescued, then finished by its new holder.
         assert_eq!(store.rescue_expired(100_000).await.unwrap(), 1);
         let again = store.claim_items("w3", 10, 100_000, 160_000).await.unwrap();
@@ -1054,10 +1056,7 @@ mod runs {
                 message: "503".into(),
             },
         );
-        store
-            .finish_items("w3", vec![retry], 100_000)
-            .await
-            .unwrap();
+        store.finish_items("w3", &[retry], 100_000).await.unwrap();
         assert!(
             store
                 .claim_items("w3", 10, 150_000, 210_000)
@@ -1075,10 +1074,7 @@ mod runs {
                 details: None,
             },
         );
-        store
-            .finish_items("w3", vec![failed], 200_000)
-            .await
-            .unwrap();
+        store.finish_items("w3", &[failed], 200_000).await.unwrap();
 
         let finished = store.run(&ws, &caller.user.id, &run.id).await.unwrap();
         assert_eq!(finished.status, RunStatus::Completed);

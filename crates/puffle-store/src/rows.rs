@@ -9,12 +9,12 @@ use puffle_domain::run::{
     Counts, ItemStatus, OutputTarget, RunMode, RunStatus, SkipReason, Subject, WritePolicy,
 };
 use puffle_domain::LeadType;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use crate::runs::{Item, Run};
+use crate::runs::{AttributeWrite, Finish, FinishOutcome, Item, Run};
 use crate::{Result, StoreError};
 
 /// A row of either backend, read by column name.
@@ -275,5 +275,105 @@ mod tests {
         assert!(row.text("list_id").is_err());
         assert!(row.int("bad").is_err());
         assert!(row.text_opt("name").is_err());
+    }
+}
+
+/// One finish, ready to bind: its JSON as text, its outcome spread over the item's columns.
+pub(crate) struct FinishRow {
+    pub item_id: String,
+    pub lease_token: String,
+    pub run_id: String,
+    pub status: ItemStatus,
+    pub result: Option<String>,
+    pub skipped: Option<SkipReason>,
+    pub error: Option<String>,
+    pub attempts: i64,
+    pub input_snapshot: Option<String>,
+    pub lead_snapshot: Option<String>,
+    pub raw_result: Option<String>,
+    pub provider: Option<String>,
+    pub due_at: Option<i64>,
+    pub completed_at: Option<String>,
+    pub write: Option<AttributeWrite>,
+    /// A `Waiting` outcome: the job id and when it was submitted.
+    pub submission_id: Option<String>,
+    pub submitted_at: Option<i64>,
+    /// The stored callback was read: clear it.
+    pub clear_callback: bool,
+}
+
+impl FinishRow {
+    /// The row of `f` recorded at `now`, as if the item's run were still active (each backend
+    /// ends a retry of a run stopped meanwhile once it has read the run).
+    pub fn new(f: &Finish, now: &str) -> FinishRow {
+        let error = |message: &str, details: &Option<Value>| {
+            Some(json!({"message": message, "details": details}).to_string())
+        };
+        let mut waiting = None;
+        let (status, result, skipped, error, write, due_at) = match &f.outcome {
+            FinishOutcome::Completed { result, write } => (
+                ItemStatus::Completed,
+                to_text(result),
+                None,
+                None,
+                write.clone(),
+                None,
+            ),
+            FinishOutcome::Failed { message, details } => (
+                ItemStatus::Failed,
+                None,
+                None,
+                error(message, details),
+                None,
+                None,
+            ),
+            FinishOutcome::Skipped(reason) => {
+                (ItemStatus::Skipped, None, Some(*reason), None, None, None)
+            }
+            FinishOutcome::Retry { due_at_ms, message } => (
+                ItemStatus::Pending,
+                None,
+                None,
+                error(message, &None),
+                None,
+                Some(*due_at_ms),
+            ),
+            FinishOutcome::Waiting {
+                submission_id,
+                submitted_at_ms,
+                due_at_ms,
+                callback_used,
+            } => {
+                waiting = Some((submission_id, *submitted_at_ms, *callback_used));
+                (
+                    ItemStatus::Pending,
+                    None,
+                    None,
+                    None,
+                    None,
+                    Some(*due_at_ms),
+                )
+            }
+        };
+        FinishRow {
+            item_id: f.item_id.clone(),
+            lease_token: f.lease_token.clone(),
+            run_id: f.run_id.clone(),
+            status,
+            result,
+            skipped,
+            error,
+            attempts: i64::from(f.executed),
+            input_snapshot: to_text(&f.input_snapshot),
+            lead_snapshot: f.lead_snapshot.clone(),
+            raw_result: to_text(&f.raw_result),
+            provider: f.provider.clone(),
+            due_at,
+            completed_at: status.is_terminal().then(|| now.to_string()),
+            write,
+            submission_id: waiting.map(|w| w.0.clone()),
+            submitted_at: waiting.map(|w| w.1),
+            clear_callback: waiting.is_some_and(|w| w.2),
+        }
     }
 }

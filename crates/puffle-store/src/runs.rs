@@ -319,7 +319,7 @@ pub trait RunStore: Send + Sync {
     /// Record outcomes of items `worker` holds, in one transaction. An item whose lease is no
     /// longer the one named by `lease_token` is left alone (its outcome is dropped). Returns how
     /// many were recorded.
-    async fn finish_items(&self, worker: &str, finishes: Vec<Finish>, now_ms: i64) -> Result<u64>;
+    async fn finish_items(&self, worker: &str, finishes: &[Finish], now_ms: i64) -> Result<u64>;
     /// Extend the leases of `item_ids` that `worker` still holds. Named, not all of the
     /// worker's: an item it never learned it leased (a claim whose answer was lost with its
     /// connection) or failed to hand back must expire and be rescued, not be kept for good.

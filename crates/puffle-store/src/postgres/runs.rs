@@ -34,7 +34,8 @@ use tokio::sync::Notify;
 
 use super::{add_credits, attach_lists, ensure_list, PgStore, WORK_CHANNEL};
 use crate::rows::{
-    decode_err, item_from, lead_from, parse_enum, run_from, to_text, ITEM_COLUMNS, RUN_COLUMNS,
+    decode_err, item_from, lead_from, parse_enum, run_from, to_text, FinishRow, ITEM_COLUMNS,
+    RUN_COLUMNS,
 };
 use crate::runs::*;
 use crate::{Result, StoreError};
@@ -255,99 +256,6 @@ async fn merge_attributes_into(
     }
     update.execute(&mut *conn).await?;
     Ok(())
-}
-
-/// One finish, ready to bind.
-struct FinishRow {
-    item_id: String,
-    lease_token: String,
-    run_id: String,
-    status: ItemStatus,
-    result: Option<String>,
-    skipped: Option<SkipReason>,
-    error: Option<String>,
-    attempts: i64,
-    input_snapshot: Option<String>,
-    lead_snapshot: Option<String>,
-    raw_result: Option<String>,
-    provider: Option<String>,
-    due_at: Option<i64>,
-    completed_at: Option<String>,
-    write: Option<AttributeWrite>,
-    /// A `Waiting` outcome: the job id and when it was submitted.
-    submission_id: Option<String>,
-    submitted_at: Option<i64>,
-    /// The stored callback was read: clear it.
-    clear_callback: bool,
-}
-
-impl FinishRow {
-    /// The row as if the item's run were still active; `end_retries_of_ended_runs` corrects
-    /// that once the run's row is held.
-    fn new(f: Finish, now: &str) -> FinishRow {
-        let error = |message: String, details: Option<Value>| {
-            Some(json!({"message": message, "details": details}).to_string())
-        };
-        let mut waiting = None;
-        let (status, result, skipped, error, write, due_at) = match f.outcome {
-            FinishOutcome::Completed { result, write } => (
-                ItemStatus::Completed,
-                to_text(&result),
-                None,
-                None,
-                write,
-                None,
-            ),
-            FinishOutcome::Failed { message, details } => (
-                ItemStatus::Failed,
-                None,
-                None,
-                error(message, details),
-                None,
-                None,
-            ),
-            FinishOutcome::Skipped(reason) => {
-                (ItemStatus::Skipped, None, Some(reason), None, None, None)
-            }
-            FinishOutcome::Retry { due_at_ms, message } => (
-                ItemStatus::Pending,
-                None,
-                None,
-                error(message, None),
-                None,
-                Some(due_at_ms),
-            ),
-            FinishOutcome::Waiting {
-                submission_id,
-                submitted_at_ms,
-                due_at_ms,
-                callback_used,
-            } => {
-                waiting = Some((submission_id, submitted_at_ms, callback_used));
-                (ItemStatus::Pending, None, None, None, None, Some(due_at_ms))
-            }
-        };
-        FinishRow {
-            item_id: f.item_id,
-            lease_token: f.lease_token,
-            run_id: f.run_id,
-            status,
-            result,
-            skipped,
-            error,
-            attempts: i64::from(f.executed),
-            input_snapshot: to_text(&f.input_snapshot),
-            lead_snapshot: f.lead_snapshot,
-            raw_result: to_text(&f.raw_result),
-            provider: f.provider,
-            due_at,
-            completed_at: status.is_terminal().then(|| now.to_string()),
-            write,
-            submission_id: waiting.as_ref().map(|w| w.0.clone()),
-            submitted_at: waiting.as_ref().map(|w| w.1),
-            clear_callback: waiting.is_some_and(|w| w.2),
-        }
-    }
 }
 
 /// The finishes as one array per column, for one `UPDATE … FROM unnest(…)`.
@@ -1201,17 +1109,14 @@ impl RunStore for PgStore {
         Ok(out)
     }
 
-    async fn finish_items(&self, worker: &str, finishes: Vec<Finish>, now_ms: i64) -> Result<u64> {
+    async fn finish_items(&self, worker: &str, finishes: &[Finish], now_ms: i64) -> Result<u64> {
         let _ = now_ms;
         if finishes.is_empty() {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
         let now = now_timestamp();
-        let rows: Vec<FinishRow> = finishes
-            .into_iter()
-            .map(|f| FinishRow::new(f, &now))
-            .collect();
+        let rows: Vec<FinishRow> = finishes.iter().map(|f| FinishRow::new(f, &now)).collect();
         let recorded = record_finishes(&mut tx, worker, &rows, &now).await?;
         let mut rows: Vec<FinishRow> = rows
             .into_iter()
@@ -1493,8 +1398,8 @@ mod tests {
             if claimed.is_empty() {
                 return mine;
             }
-            let finishes = claimed.iter().map(|c| completed(c, None)).collect();
-            let recorded = store.finish_items(&worker, finishes, 2_000).await.unwrap();
+            let finishes: Vec<Finish> = claimed.iter().map(|c| completed(c, None)).collect();
+            let recorded = store.finish_items(&worker, &finishes, 2_000).await.unwrap();
             assert_eq!(recorded as usize, claimed.len());
             mine.extend(claimed.into_iter().map(|c| c.id));
         }
@@ -1571,23 +1476,14 @@ mod tests {
         assert_ne!(first[0].lease_token, second[0].lease_token);
 
         let stale = completed(&first[0], Some(write("stale.io")));
-        assert_eq!(
-            store.finish_items("w1", vec![stale], 6_000).await.unwrap(),
-            0
-        );
+        assert_eq!(store.finish_items("w1", &[stale], 6_000).await.unwrap(), 0);
         let current = completed(&second[0], Some(write("fresh.io")));
         assert_eq!(
-            store
-                .finish_items("w1", vec![current], 6_000)
-                .await
-                .unwrap(),
+            store.finish_items("w1", &[current], 6_000).await.unwrap(),
             1
         );
         let again = completed(&second[0], Some(write("twice.io")));
-        assert_eq!(
-            store.finish_items("w1", vec![again], 6_000).await.unwrap(),
-            0
-        );
+        assert_eq!(store.finish_items("w1", &[again], 6_000).await.unwrap(), 0);
 
         let lead = store.leads_by_id(&ws, &[lead.id]).await.unwrap().remove(0);
         assert_eq!(lead.attributes["company_domain"], json!("fresh.io"));
@@ -1651,7 +1547,7 @@ mod tests {
                         .claim_items(&worker, 20, 1_000, 600_000)
                         .await
                         .unwrap();
-                    let retries = claimed
+                    let retries: Vec<Finish> = claimed
                         .iter()
                         .map(|c| Finish {
                             outcome: FinishOutcome::Retry {
@@ -1661,7 +1557,7 @@ mod tests {
                             ..completed(c, None)
                         })
                         .collect();
-                    store.finish_items(&worker, retries, 2_000).await.unwrap();
+                    store.finish_items(&worker, &retries, 2_000).await.unwrap();
                 }
             }));
         }

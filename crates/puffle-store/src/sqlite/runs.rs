@@ -13,7 +13,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{add_credits, ensure_list, SqliteStore};
 use crate::rows::{
-    decode_err, item_from, lead_from, run_from, submission, to_text, ITEM_COLUMNS, RUN_COLUMNS,
+    decode_err, item_from, lead_from, run_from, submission, to_text, FinishRow, ITEM_COLUMNS,
+    RUN_COLUMNS,
 };
 use crate::runs::*;
 use crate::{Result, StoreError};
@@ -327,96 +328,7 @@ fn json_label_path(key: &str) -> String {
     path
 }
 
-/// One finish, ready to bind.
-struct FinishRow {
-    item_id: String,
-    lease_token: String,
-    run_id: String,
-    status: ItemStatus,
-    result: Option<String>,
-    skipped: Option<SkipReason>,
-    error: Option<String>,
-    attempts: i64,
-    input_snapshot: Option<String>,
-    lead_snapshot: Option<String>,
-    raw_result: Option<String>,
-    provider: Option<String>,
-    due_at: Option<i64>,
-    completed_at: Option<String>,
-    write: Option<AttributeWrite>,
-    /// A `Waiting` outcome: the job id and when it was submitted.
-    submission_id: Option<String>,
-    submitted_at: Option<i64>,
-    /// The stored callback was read: clear it.
-    clear_callback: bool,
-}
-
 impl FinishRow {
-    fn new(f: Finish, now: &str) -> FinishRow {
-        let error = |message: String, details: Option<Value>| {
-            Some(json!({"message": message, "details": details}).to_string())
-        };
-        let mut waiting = None;
-        let (status, result, skipped, error, write, due_at) = match f.outcome {
-            FinishOutcome::Completed { result, write } => (
-                ItemStatus::Completed,
-                to_text(&result),
-                None,
-                None,
-                write,
-                None,
-            ),
-            FinishOutcome::Failed { message, details } => (
-                ItemStatus::Failed,
-                None,
-                None,
-                error(message, details),
-                None,
-                None,
-            ),
-            FinishOutcome::Skipped(reason) => {
-                (ItemStatus::Skipped, None, Some(reason), None, None, None)
-            }
-            FinishOutcome::Retry { due_at_ms, message } => (
-                ItemStatus::Pending,
-                None,
-                None,
-                error(message, None),
-                None,
-                Some(due_at_ms),
-            ),
-            FinishOutcome::Waiting {
-                submission_id,
-                submitted_at_ms,
-                due_at_ms,
-                callback_used,
-            } => {
-                waiting = Some((submission_id, submitted_at_ms, callback_used));
-                (ItemStatus::Pending, None, None, None, None, Some(due_at_ms))
-            }
-        };
-        FinishRow {
-            item_id: f.item_id,
-            lease_token: f.lease_token,
-            run_id: f.run_id,
-            status,
-            result,
-            skipped,
-            error,
-            attempts: i64::from(f.executed),
-            input_snapshot: to_text(&f.input_snapshot),
-            lead_snapshot: f.lead_snapshot,
-            raw_result: to_text(&f.raw_result),
-            provider: f.provider,
-            due_at,
-            completed_at: status.is_terminal().then(|| now.to_string()),
-            write,
-            submission_id: waiting.as_ref().map(|w| w.0.clone()),
-            submitted_at: waiting.as_ref().map(|w| w.1),
-            clear_callback: waiting.is_some_and(|w| w.2),
-        }
-    }
-
     /// A row going back to pending whose run is `run_status` (`cancelled` or `failed`) ends
     /// skipped instead.
     fn end_for_stopped_run(&mut self, run_status: &str, now: &str) {
@@ -1009,13 +921,10 @@ impl RunStore for SqliteStore {
         Ok(out)
     }
 
-    async fn finish_items(&self, worker: &str, finishes: Vec<Finish>, now_ms: i64) -> Result<u64> {
+    async fn finish_items(&self, worker: &str, finishes: &[Finish], now_ms: i64) -> Result<u64> {
         let _ = now_ms;
         let now = now_timestamp();
-        let mut rows: Vec<FinishRow> = finishes
-            .into_iter()
-            .map(|f| FinishRow::new(f, &now))
-            .collect();
+        let mut rows: Vec<FinishRow> = finishes.iter().map(|f| FinishRow::new(f, &now)).collect();
         let mut recorded = 0;
         for chunk in rows.chunks_mut(FINISH_CHUNK) {
             // Every item recorded is the common case, told by the count alone: no row per item
