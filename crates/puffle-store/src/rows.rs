@@ -257,27 +257,6 @@ pub(crate) fn item_from(row: &impl StoredRow) -> Result<Item> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_json_object_row_reads_like_a_database_row() {
-        let row: serde_json::Map<String, Value> = serde_json::from_str(
-            r#"{"id": "i1", "attempts": 2, "list_id": null, "bad": 1.5, "name": 7}"#,
-        )
-        .unwrap();
-        assert_eq!(row.text("id").unwrap(), "i1");
-        assert_eq!(row.int("attempts").unwrap(), 2);
-        assert_eq!(row.text_opt("list_id").unwrap(), None);
-        assert_eq!(row.int_opt("missing").unwrap(), None);
-        // A null or mistyped column is an error, never a panic or a silent default.
-        assert!(row.text("list_id").is_err());
-        assert!(row.int("bad").is_err());
-        assert!(row.text_opt("name").is_err());
-    }
-}
-
 /// One finish, ready to bind: its JSON as text, its outcome spread over the item's columns.
 pub(crate) struct FinishRow {
     pub item_id: String,
@@ -375,5 +354,26 @@ impl FinishRow {
             submitted_at: waiting.map(|w| w.1),
             clear_callback: waiting.is_some_and(|w| w.2),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_object_row_reads_like_a_database_row() {
+        let row: serde_json::Map<String, Value> = serde_json::from_str(
+            r#"{"id": "i1", "attempts": 2, "list_id": null, "bad": 1.5, "name": 7}"#,
+        )
+        .unwrap();
+        assert_eq!(row.text("id").unwrap(), "i1");
+        assert_eq!(row.int("attempts").unwrap(), 2);
+        assert_eq!(row.text_opt("list_id").unwrap(), None);
+        assert_eq!(row.int_opt("missing").unwrap(), None);
+        // A null or mistyped column is an error, never a panic or a silent default.
+        assert!(row.text("list_id").is_err());
+        assert!(row.int("bad").is_err());
+        assert!(row.text_opt("name").is_err());
     }
 }
