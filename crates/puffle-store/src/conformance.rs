@@ -626,6 +626,23 @@ mod runs {
         }
     }
 
+    /// The write of `key = value` onto the attributes of `item`'s lead.
+    fn lead_write(
+        ws: &str,
+        item: &crate::ClaimedItem,
+        key: &str,
+        value: serde_json::Value,
+    ) -> crate::AttributeWrite {
+        crate::AttributeWrite {
+            target: puffle_domain::run::OutputTarget::Lead,
+            workspace_id: ws.to_string(),
+            lead_id: item.lead_id.clone(),
+            membership_id: None,
+            key: key.to_string(),
+            value,
+        }
+    }
+
     /// A new free run over `n` new company leads (domains `<tag><i>.io`) with every item
     /// claimed by `worker` (items of other runs claimed on the way are handed back). Answers
     /// the workspace, the leads' ids, the run's id and the claimed items in claim order.
@@ -692,14 +709,7 @@ mod runs {
                 c,
                 FinishOutcome::Completed {
                     result: Some(json!({"v": value})),
-                    write: Some(crate::AttributeWrite {
-                        target: puffle_domain::run::OutputTarget::Lead,
-                        workspace_id: ws.clone(),
-                        lead_id: c.lead_id.clone(),
-                        membership_id: None,
-                        key: "seen".into(),
-                        value: json!(value),
-                    }),
+                    write: Some(lead_write(&ws, c, "seen", json!(value))),
                 },
             )
         };
@@ -756,14 +766,7 @@ mod runs {
                         c,
                         FinishOutcome::Completed {
                             result: Some(json!({"domain": value})),
-                            write: Some(crate::AttributeWrite {
-                                target: puffle_domain::run::OutputTarget::Lead,
-                                workspace_id: ws.clone(),
-                                lead_id: c.lead_id.clone(),
-                                membership_id: None,
-                                key: "company_domain".into(),
-                                value,
-                            }),
+                            write: Some(lead_write(&ws, c, "company_domain", value)),
                         },
                     )
                 }
